@@ -1,0 +1,3 @@
+from pathgen.cli import run
+
+run()
