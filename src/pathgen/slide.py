@@ -450,7 +450,12 @@ class Slide:
         if w <= 0 or h <= 0:
             raise PathgenError(f"region size must be positive, got {w}x{h}", self.path)
         ds = self.level_downsamples[level]
-        return self._read_level(int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds)), level, w, h)
+        x, y = int(math.floor(location[0] / ds)), int(math.floor(location[1] / ds))
+        lw, lh = self.level_dimensions[level]
+        if x >= lw or y >= lh or x + w <= 0 or y + h <= 0:
+            raise PathgenError(f"region {w}x{h} at ({location[0]}, {location[1]}) lies outside the slide "
+                               f"(level {level} is {lw}x{lh})", self.path)
+        return self._read_level(x, y, level, w, h)
 
     def read_level_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         """Like :meth:`read_region` with ``(x, y)`` in the coordinates of ``level`` itself."""

@@ -1,0 +1,24 @@
+"""Options shared by every command that runs the tile engine."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from pathgen.engine import EngineConfig
+
+WORKERS = typer.Option(None, "--workers", help="Run tiles on a local dask cluster of N processes.")
+SCHEDULER = typer.Option(None, "--scheduler", help="Address of an existing dask.distributed scheduler.")
+DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda[:N].")
+BATCH = typer.Option(8, "--batch-size", help="Tiles per call of the tile function.")
+THREADS = typer.Option(None, "--threads", help="Threads of the default local pool (default: CPU count).")
+
+
+def engine_config(workers: Optional[int] = None, scheduler: Optional[str] = None, device: str = "auto",
+                  batch_size: int = 8, threads: Optional[int] = None, **kw) -> EngineConfig:
+    """An :class:`EngineConfig` from the shared CLI options plus command-specific fields."""
+    from pathgen.engine import resolve_device
+
+    return EngineConfig(workers=workers, scheduler=scheduler, device=resolve_device(device),
+                        batch_size=batch_size, threads=threads, **kw)

@@ -1,0 +1,137 @@
+"""Deterministic procedural noise as pure functions of global coordinates.
+
+Everything the generator draws derives from integer hashes of ``(seed, stream, coordinates)``, never from the
+order in which windows are rendered, so any window of the infinite procedural plane renders the same pixels
+whether it is drawn alone or as part of a larger one — tiles of a slide join without seams.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_S30, _S27, _S31, _S11 = (np.uint64(s) for s in (30, 27, 31, 11))
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, in place on a uint64 array (wrapping arithmetic)."""
+    h ^= h >> _S30
+    h *= _M1
+    h ^= h >> _S27
+    h *= _M2
+    h ^= h >> _S31
+    return h
+
+
+def hash_uint64(seed: int, stream: int, *coords) -> np.ndarray:
+    """A 64-bit hash of ``(seed, stream, *coords)`` for every element of the broadcast integer coordinates."""
+    arrays = np.broadcast_arrays(*[np.asarray(c, dtype=np.int64) for c in coords]) if coords else [np.zeros(())]
+    start = ((int(seed) & _MASK64) * 0x9E3779B97F4A7C15 + (int(stream) & _MASK64) * 0xD1B54A32D192ED03) & _MASK64
+    h = np.full(arrays[0].shape, start, dtype=np.uint64)
+    h = _mix(h)
+    with np.errstate(over="ignore"):
+        for a in arrays:
+            h ^= np.ascontiguousarray(a).view(np.uint64) * _GOLDEN
+            h = _mix(h)
+    return h
+
+
+def hash_uniform(seed: int, stream: int, *coords) -> np.ndarray:
+    """Uniform floats in [0, 1) (float64) hashed from ``(seed, stream, *coords)``; see :func:`hash_uint64`."""
+    return (hash_uint64(seed, stream, *coords) >> _S11).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def cell_seed(seed: int, stream: int, *cell: int) -> int:
+    """A 63-bit integer seed for ``numpy.random.default_rng`` owned by one grid cell."""
+    return int(hash_uint64(seed, stream, *[np.int64(c) for c in cell]) >> np.uint64(1))
+
+
+def _smootherstep(t: np.ndarray) -> np.ndarray:
+    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
+
+
+def value_noise(seed: int, stream: int, y: np.ndarray, x: np.ndarray, cell: float) -> np.ndarray:
+    """Smooth value noise in [0, 1] at coordinates ``y``, ``x`` (broadcastable, any unit), lattice spacing ``cell``.
+
+    Lattice values are hashed from their integer lattice indices and blended with the quintic smootherstep, so
+    the value at a coordinate is the same whether it is evaluated on a grid (``y[:, None]``, ``x[None, :]``) or
+    as scattered points. Returns float64 of the broadcast shape.
+    """
+    gy = np.asarray(y, dtype=np.float64) / cell
+    gx = np.asarray(x, dtype=np.float64) / cell
+    fy0 = np.floor(gy)
+    fx0 = np.floor(gx)
+    ty = _smootherstep(gy - fy0)
+    tx = _smootherstep(gx - fx0)
+    iy = fy0.astype(np.int64)
+    ix = fx0.astype(np.int64)
+    y_lo, y_hi = int(iy.min()), int(iy.max()) + 1
+    x_lo, x_hi = int(ix.min()), int(ix.max()) + 1
+    lattice = hash_uniform(seed, stream, np.arange(y_lo, y_hi + 1)[:, None], np.arange(x_lo, x_hi + 1)[None, :])
+    ry = iy - y_lo
+    rx = ix - x_lo
+    v00 = lattice[ry, rx]
+    v01 = lattice[ry, rx + 1]
+    v10 = lattice[ry + 1, rx]
+    v11 = lattice[ry + 1, rx + 1]
+    top = v00 + tx * (v01 - v00)
+    bottom = v10 + tx * (v11 - v10)
+    return top + ty * (bottom - top)
+
+
+def fbm(seed: int, stream: int, y: np.ndarray, x: np.ndarray, cell: float, octaves: int = 3,
+        gain: float = 0.5) -> np.ndarray:
+    """Fractal sum of ``octaves`` value-noise layers (cells ``cell / 2**k``, weights ``gain**k``), in [0, 1]."""
+    total = None
+    weight_sum = 0.0
+    for k in range(octaves):
+        w = gain ** k
+        layer = value_noise(seed, stream * 16 + k, y, x, cell / (2 ** k))
+        total = w * layer if total is None else total + w * layer
+        weight_sum += w
+    return total / weight_sum
+
+
+def _gauss_radius(sigma: float) -> int:
+    return int(4.0 * sigma + 0.5)  # scipy.ndimage's default truncate=4.0
+
+
+def filtered_noise(seed: int, stream: int, y0: int, x0: int, height: int, width: int,
+                   sigma: float) -> np.ndarray:
+    """Gaussian-filtered white noise with unit standard deviation on the pixel window
+    ``[y0, y0 + height) × [x0, x0 + width)`` of the global pixel grid.
+
+    The white noise is hashed from global pixel indices and padded by the filter radius before filtering, so
+    overlapping windows agree exactly. ``sigma`` in pixels (0 gives unfiltered noise). Returns float32 (h, w).
+    """
+    r = _gauss_radius(sigma) if sigma > 0 else 0
+    ys = np.arange(y0 - r, y0 + height + r)
+    xs = np.arange(x0 - r, x0 + width + r)
+    white = (hash_uniform(seed, stream, ys[:, None], xs[None, :]) - 0.5).astype(np.float32) * np.float32(12 ** 0.5)
+    if r == 0:
+        return white
+    out = ndi.gaussian_filter(white, sigma, mode="nearest")[r:r + height, r:r + width]
+    # A separable Gaussian shrinks the variance of white noise by (sum of squared 1-D weights)^2.
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    return out / np.float32(np.sum(k ** 2))
+
+
+def fbm_quantile(q: float, octaves: int = 3, gain: float = 0.5, samples: int = 20000) -> float:
+    """The ``q`` quantile of :func:`fbm`'s distribution, estimated once from a fixed sample."""
+    return float(np.quantile(_fbm_sample(octaves, gain, samples), q))
+
+
+_SAMPLE_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def _fbm_sample(octaves: int, gain: float, samples: int) -> np.ndarray:
+    key = (octaves, gain, samples)
+    if key not in _SAMPLE_CACHE:
+        u = hash_uniform(987654321, 1, np.arange(2 * samples)).reshape(2, samples) * 1000.0
+        _SAMPLE_CACHE[key] = fbm(123456789, 7, u[0], u[1], 1.0, octaves, gain)
+    return _SAMPLE_CACHE[key]

@@ -1,0 +1,161 @@
+"""Batch inference: RGB tiles in, probability maps and nucleus instances with types out.
+
+:func:`segment_tile_batch` is the unit the tile engine calls; it knows nothing about slides. Tiles of any size
+are reflect-padded to a multiple of 8 for the network and cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pathgen.errors import PathgenError
+from pathgen.segment.hovernet import DOWNSAMPLE, HoVerNet
+from pathgen.segment.postprocess import PostProcessConfig, instance_types, instances_from_maps
+
+
+@dataclass
+class HoVerNetMaps:
+    """Network outputs for a batch, at the tiles' size.
+
+    Attributes
+    ----------
+    np_prob : (N, H, W) float32, probability of nuclear pixel
+    hv : (N, 2, H, W) float32, horizontal then vertical distance maps
+    tp_prob : (N, C, H, W) float32 type probabilities (softmax), or None without a TP branch
+    """
+
+    np_prob: np.ndarray
+    hv: np.ndarray
+    tp_prob: np.ndarray | None = None
+
+
+@dataclass
+class TileNuclei:
+    """Nuclei of one tile.
+
+    Attributes
+    ----------
+    instances : (H, W) int32, labels 1..n, 0 = background
+    types : (n,) int32, type of instance ``i + 1`` (0 when the model has no TP branch)
+    type_probs : (n,) float32, fraction of the instance's pixels that voted for its type
+    """
+
+    instances: np.ndarray
+    types: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    type_probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    @property
+    def count(self) -> int:
+        return int(len(self.types))
+
+    def class_map(self) -> np.ndarray:
+        """(H, W) uint8 type per pixel (0 = background)."""
+        lut = np.concatenate([[0], self.types]).astype(np.uint8)
+        return lut[self.instances]
+
+
+@dataclass
+class BatchSegmentation:
+    """Result of :func:`segment_tile_batch`: one :class:`TileNuclei` per tile and the maps they came from."""
+
+    nuclei: list[TileNuclei]
+    maps: HoVerNetMaps
+
+
+def _as_batch(images: np.ndarray) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise PathgenError(f"expected RGB tiles of shape (N, H, W, 3), got {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise PathgenError(f"expected uint8 RGB tiles, got {arr.dtype}")
+    return arr
+
+
+def forward_padded(model: HoVerNet, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run ``model`` on float (N, 3, H, W) 0..255 images of any size: reflect-pad to a multiple of 8, crop back."""
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % DOWNSAMPLE, (-w) % DOWNSAMPLE
+    if ph or pw:
+        mode = "reflect" if h > ph and w > pw else "replicate"
+        images = F.pad(images, (0, pw, 0, ph), mode=mode)
+    out = model(images)
+    return {k: v[..., :h, :w] for k, v in out.items()}
+
+
+def predict_maps(model: HoVerNet, images: np.ndarray, device: str | torch.device | None = None,
+                 batch_size: int = 8) -> HoVerNetMaps:
+    """Probability and distance maps of RGB tiles.
+
+    Parameters
+    ----------
+    model : HoVerNet
+        Switched to eval mode.
+    images : (N, H, W, 3) or (H, W, 3) uint8 ndarray
+    device : torch device, optional
+        Defaults to the model's device.
+    batch_size : int
+        Tiles per forward pass.
+
+    Returns
+    -------
+    HoVerNetMaps
+    """
+    arr = _as_batch(images)
+    if device is None:
+        device = next(model.parameters()).device
+    model.eval()
+    np_out, hv_out, tp_out = [], [], []
+    with torch.inference_mode():
+        for start in range(0, len(arr), max(1, batch_size)):
+            x = torch.from_numpy(np.ascontiguousarray(arr[start:start + batch_size])).to(device)
+            x = x.permute(0, 3, 1, 2).float()
+            out = forward_padded(model, x)
+            np_out.append(torch.softmax(out["np"].float(), dim=1)[:, 1].cpu().numpy())
+            hv_out.append(out["hv"].float().cpu().numpy())
+            if "tp" in out:
+                tp_out.append(torch.softmax(out["tp"].float(), dim=1).cpu().numpy())
+    return HoVerNetMaps(np.concatenate(np_out).astype(np.float32), np.concatenate(hv_out).astype(np.float32),
+                        np.concatenate(tp_out).astype(np.float32) if tp_out else None)
+
+
+def nuclei_from_maps(maps: HoVerNetMaps, index: int,
+                     postprocess: PostProcessConfig = PostProcessConfig()) -> TileNuclei:
+    """Post-process tile ``index`` of ``maps`` into instances and their types."""
+    inst = instances_from_maps(maps.np_prob[index], maps.hv[index], postprocess)
+    n = int(inst.max())
+    if maps.tp_prob is None:
+        return TileNuclei(inst, np.zeros(n, np.int32), np.ones(n, np.float32))
+    tp = maps.tp_prob[index]
+    types, probs = instance_types(inst, np.argmax(tp, axis=0), nr_types=tp.shape[0])
+    return TileNuclei(inst, types, probs)
+
+
+def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.device | None = None,
+                       postprocess: PostProcessConfig = PostProcessConfig(), batch_size: int = 8
+                       ) -> BatchSegmentation:
+    """Segment and type the nuclei of a batch of RGB tiles.
+
+    Parameters
+    ----------
+    model : HoVerNet
+    batch : (N, H, W, 3) uint8 ndarray
+        Tiles at the model's resolution (``model.config.mpp`` microns per pixel).
+    device : torch device, optional
+    postprocess : PostProcessConfig
+    batch_size : int
+        Tiles per forward pass.
+
+    Returns
+    -------
+    BatchSegmentation
+        ``nuclei[i]`` holds tile ``i``'s instance map (labels 1..n), types and type probabilities; ``maps``
+        holds the NP/HV/TP maps.
+    """
+    maps = predict_maps(model, batch, device=device, batch_size=batch_size)
+    return BatchSegmentation([nuclei_from_maps(maps, i, postprocess) for i in range(len(maps.np_prob))], maps)

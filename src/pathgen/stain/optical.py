@@ -1,0 +1,353 @@
+"""Optical density, luminosity, background intensity and tissue-pixel sampling.
+
+Beer–Lambert: a pixel of intensity ``I`` (per RGB channel) under illumination ``I0`` has optical density
+``OD = ln(I0 / I)``. Stains add in OD space (``OD = C @ V``), which is what makes colour deconvolution linear.
+
+Conventions used throughout :mod:`pathgen.stain`:
+
+- RGB arrays are ``uint8`` with the channel last, ``(..., 3)``; nothing here writes into its input.
+- ``I`` is clamped below at 1 before the logarithm (a 0 would give an infinite OD) and OD is clamped below at 0
+  (pixels brighter than ``I0`` carry no stain), so OD is always finite and non-negative.
+- Tissue pixels are those with CIELAB lightness ``L/100 < luminosity_threshold`` (0.8, as in StainTools and
+  TIAToolbox) and ``L/100 >= MIN_TISSUE_LUMINOSITY``, which drops pure-black pixels (scanner borders, ink) whose
+  saturated OD would dominate a fit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from pathgen.errors import PathgenError
+
+#: Pixels darker than this CIELAB lightness (L/100) are not counted as tissue (black borders, pen ink).
+MIN_TISSUE_LUMINOSITY = 0.05
+
+# sRGB (D65) -> CIE XYZ, the matrix skimage.color uses; row 1 gives the relative luminance Y.
+_XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
+                          [0.212671, 0.715160, 0.072169],
+                          [0.019334, 0.119193, 0.950227]])
+_RGB_FROM_XYZ = np.linalg.inv(_XYZ_FROM_RGB)
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+
+# --------------------------------------------------------------------------------------------------------- tensors
+def as_tensor(x, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> torch.Tensor:
+    """Wrap ``x`` as a tensor without copying when possible; never used to write into ``x``."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        a = np.asarray(x)
+        with warnings.catch_warnings():  # read-only arrays are fine: nothing writes through the view
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(a) if a.dtype != np.uint16 else torch.from_numpy(a.astype(np.int32))
+    if dtype is not None or device is not None:
+        t = t.to(dtype=dtype or t.dtype, device=device if device is not None else t.device)
+    return t
+
+
+def _like_input(t: torch.Tensor, ref):
+    """Return ``t`` as numpy when ``ref`` was not a tensor."""
+    return t if isinstance(ref, torch.Tensor) else t.detach().cpu().numpy()
+
+
+def parse_i0(i0, default: float = 255.0) -> np.ndarray:
+    """Background intensity as a float64 array of shape (3,).
+
+    Accepts ``None`` (gives ``default``), a number, a sequence of three numbers or a string ``"240"`` /
+    ``"242,244,241"``. Each value must lie in (1, 255].
+    """
+    if i0 is None:
+        arr = np.full(3, float(default))
+    else:
+        if isinstance(i0, str):
+            try:
+                vals = [float(v) for v in i0.replace(" ", "").split(",") if v != ""]
+            except ValueError:
+                raise PathgenError(f"I0 must be a number or three comma-separated numbers, got {i0!r}") from None
+        else:
+            vals = np.atleast_1d(np.asarray(i0, dtype=np.float64)).tolist()
+        if len(vals) == 1:
+            vals = vals * 3
+        if len(vals) != 3:
+            raise PathgenError(f"I0 needs one value or three (R,G,B), got {len(vals)}")
+        arr = np.asarray(vals, dtype=np.float64)
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 1.0) or np.any(arr > 255.0):
+        raise PathgenError(f"I0 values must lie in (1, 255], got {arr.tolist()}")
+    return arr
+
+
+# -------------------------------------------------------------------------------------------------- optical density
+def rgb_to_od(rgb, i0=255.0):
+    """Optical density of RGB intensities.
+
+    Parameters
+    ----------
+    rgb : array or tensor, (..., 3), uint8 or float in [0, 255]
+        Intensities; not modified.
+    i0 : float or (3,) array
+        Background (illumination) intensity per channel.
+
+    Returns
+    -------
+    od : same kind as ``rgb`` (numpy or torch), (..., 3), float32
+        ``max(ln(I0) - ln(max(I, 1)), 0)``: finite and non-negative.
+    """
+    t = as_tensor(rgb)
+    i0_t = torch.as_tensor(parse_i0(i0), dtype=torch.float32, device=t.device)
+    od = torch.log(i0_t) - torch.log(t.to(torch.float32).clamp(min=1.0))
+    return _like_input(od.clamp_(min=0.0), rgb)
+
+
+def od_to_rgb(od, i0=255.0):
+    """Intensities ``I0 * exp(-OD)`` rounded and clipped to uint8; (..., 3) in, same shape out."""
+    t = as_tensor(od)
+    i0_t = torch.as_tensor(parse_i0(i0), dtype=torch.float32, device=t.device)
+    rgb = (i0_t * torch.exp(-t.to(torch.float32))).round_().clamp_(0.0, 255.0).to(torch.uint8)
+    return _like_input(rgb, od)
+
+
+# ------------------------------------------------------------------------------------------------------- CIELAB
+def _srgb_to_linear(v: torch.Tensor) -> torch.Tensor:
+    return torch.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def _linear_to_srgb(v: torch.Tensor) -> torch.Tensor:
+    v = v.clamp(min=0.0)
+    return torch.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1.0 / 2.4) - 0.055)
+
+
+# Linearised sRGB of every uint8 value times each channel's Y coefficient: Y = lut[r,0] + lut[g,1] + lut[b,2].
+_Y_LUT = (_srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0)[:, None]
+          * torch.as_tensor(_XYZ_FROM_RGB[1])[None, :]).to(torch.float32)
+
+
+def _f_lab(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > 0.008856, t.clamp(min=1e-12) ** (1.0 / 3.0), 7.787 * t + 16.0 / 116.0)
+
+
+def _f_lab_inv(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > 0.2068966, t ** 3, (t - 16.0 / 116.0) / 7.787)
+
+
+def luminosity(rgb):
+    """CIELAB lightness ``L/100`` in [0, 1] of uint8 RGB (D65, as skimage.color.rgb2lab); (..., 3) -> (...)."""
+    t = as_tensor(rgb)
+    if t.dtype == torch.uint8:
+        lut = _Y_LUT.to(t.device)
+        idx = t.long()
+        y = lut[idx[..., 0], 0] + lut[idx[..., 1], 1] + lut[idx[..., 2], 2]
+    else:
+        lin = _srgb_to_linear(t.to(torch.float32) / 255.0)
+        y = lin @ torch.as_tensor(_XYZ_FROM_RGB[1], dtype=torch.float32, device=t.device)
+    lum = (116.0 * _f_lab(y) - 16.0) / 100.0
+    return _like_input(lum.clamp_(0.0, 1.0), rgb)
+
+
+def rgb_to_lab(rgb) -> torch.Tensor:
+    """CIELAB (D65, 2°) of RGB in [0, 255]; (..., 3) -> (..., 3) float32 tensor, L in [0, 100]."""
+    t = as_tensor(rgb).to(torch.float32)
+    lin = _srgb_to_linear(t / 255.0)
+    m = torch.as_tensor(_XYZ_FROM_RGB / _WHITE_D65[:, None], dtype=torch.float32, device=t.device)
+    f = _f_lab(lin @ m.T)
+    lightness = 116.0 * f[..., 1] - 16.0
+    a = 500.0 * (f[..., 0] - f[..., 1])
+    b = 200.0 * (f[..., 1] - f[..., 2])
+    return torch.stack([lightness, a, b], dim=-1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab`: (..., 3) CIELAB -> (..., 3) uint8 RGB (rounded, clipped)."""
+    lab = lab.to(torch.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    fx = fy + lab[..., 1] / 500.0
+    fz = fy - lab[..., 2] / 200.0
+    xyz = _f_lab_inv(torch.stack([fx, fy, fz], dim=-1)) * torch.as_tensor(_WHITE_D65, dtype=torch.float32,
+                                                                          device=lab.device)
+    m = torch.as_tensor(_RGB_FROM_XYZ, dtype=torch.float32, device=lab.device)
+    srgb = _linear_to_srgb(xyz @ m.T)
+    return (srgb * 255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def tissue_mask(rgb, luminosity_threshold: float = 0.8):
+    """Boolean tissue mask: ``MIN_TISSUE_LUMINOSITY <= L/100 < luminosity_threshold``; (..., 3) -> (...)."""
+    lum = as_tensor(luminosity(as_tensor(rgb)))
+    mask = (lum < luminosity_threshold) & (lum >= MIN_TISSUE_LUMINOSITY)
+    return _like_input(mask, rgb)
+
+
+# ---------------------------------------------------------------------------------------------- background: I0
+def estimate_i0(pixels, top_fraction: float = 0.01, band: float = 0.03, min_luminosity: float = 0.85,
+                default: float = 255.0) -> np.ndarray:
+    """Background (illumination) intensity per channel, from the brightest pixels.
+
+    The brightest ``top_fraction`` of pixels fixes a reference lightness ``L_ref`` (its lower bound); every
+    pixel within ``band`` of it is background and the per-channel median of those pixels is I0. The band keeps
+    the estimate at the centre of the background cluster rather than at its noisy upper tail. When even the
+    brightest pixels are darker than ``min_luminosity`` (an image that is all tissue) there is no background to
+    measure and ``default`` is returned for every channel.
+
+    Parameters
+    ----------
+    pixels : array or tensor, (..., 3) uint8
+        Any pixels: a whole image, tiles, or a uniform sample across a slide (including background).
+    top_fraction : float
+        Fraction of brightest pixels that defines ``L_ref``.
+    band : float
+        Width (in L/100) of the background band below the brightest pixels.
+    min_luminosity : float
+        ``L/100`` the reference must reach to count as background.
+    default : float
+        I0 used when there is no background.
+
+    Returns
+    -------
+    i0 : ndarray, (3,), float64, in [1, 255]
+    """
+    px = as_tensor(pixels).reshape(-1, 3)
+    if px.shape[0] == 0:
+        return np.full(3, float(default))
+    lum = as_tensor(luminosity(px)).to(torch.float32)
+    k = max(1, int(round(top_fraction * lum.numel())))
+    l_ref = torch.topk(lum, k).values.min()
+    if float(l_ref) < min_luminosity:
+        return np.full(3, float(default))
+    background = px[lum >= l_ref - band].to(torch.float32)
+    i0 = background.median(dim=0).values.double().cpu().numpy()
+    return np.clip(i0, 2.0, 255.0)
+
+
+# ----------------------------------------------------------------------------------------------- pixel sampling
+class PixelReservoir:
+    """A uniform random sample of at most ``n`` pixels from a stream of images or tiles.
+
+    Every pixel offered gets a random key and the ``n`` smallest keys are kept (bottom-k sampling), so the sample
+    is uniform over everything offered, and memory stays O(n) however long the stream. With ``key`` given to
+    :meth:`add` (e.g. a tile index) the random numbers depend on (seed, key) only, so the sample does not depend
+    on the order in which tiles arrive (parallel readers).
+
+    Parameters
+    ----------
+    n : int
+        Sample size.
+    seed : int
+        Seed of the random keys.
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        if n <= 0:
+            raise PathgenError(f"sample size must be positive, got {n}")
+        self.n = int(n)
+        self.seed = int(seed)
+        self.seen = 0
+        self._calls = 0
+        self._keys = np.empty(0, dtype=np.float64)
+        self._pixels = np.empty((0, 3), dtype=np.uint8)
+        self._threshold = np.inf  # the n-th smallest key once the reservoir is full
+
+    def add(self, pixels, key: int | None = None) -> None:
+        """Offer pixels, (..., 3) uint8 (numpy or tensor); ``key`` makes the draw order-independent."""
+        px = np.asarray(pixels.cpu() if isinstance(pixels, torch.Tensor) else pixels).reshape(-1, 3)
+        if px.dtype != np.uint8:
+            raise PathgenError(f"pixels must be uint8 RGB, got {px.dtype}")
+        rng = np.random.default_rng([self.seed, self._calls if key is None else int(key) + (1 << 40)])
+        self._calls += 1
+        self.seen += px.shape[0]
+        if px.shape[0] == 0:
+            return
+        keys = rng.random(px.shape[0])
+        take = keys < self._threshold
+        if not take.all():
+            keys, px = keys[take], px[take]
+        self._keys = np.concatenate([self._keys, keys])
+        self._pixels = np.concatenate([self._pixels, px])
+        if self._keys.size >= 2 * self.n:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        if self._keys.size > self.n:
+            keep = np.argpartition(self._keys, self.n - 1)[: self.n]
+            self._keys, self._pixels = self._keys[keep], self._pixels[keep]
+            self._threshold = float(self._keys.max())
+
+    def sample(self) -> np.ndarray:
+        """The sample so far, (m, 3) uint8 with m = min(n, pixels seen), in a deterministic order."""
+        self._shrink()
+        order = np.argsort(self._keys, kind="stable")
+        return self._pixels[order].copy()
+
+
+def _check_rgb(image, what: str = "image") -> np.ndarray | torch.Tensor:
+    shape = tuple(image.shape)
+    if len(shape) < 1 or shape[-1] != 3:
+        raise PathgenError(f"{what} must have 3 channels last (…, 3), got shape {shape}")
+    dtype = image.dtype
+    if dtype not in (np.uint8, torch.uint8):
+        raise PathgenError(f"{what} must be uint8, got {dtype}")
+    return image
+
+
+def _iter_images(images) -> Iterable:
+    """A single (H, W, 3) / (N, H, W, 3) array or tensor, or an iterable of them, as a stream of arrays."""
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        if images.ndim == 4:
+            yield from images
+        else:
+            yield images
+        return
+    yield from images
+
+
+def sample_pixels(images, n: int = 200_000, seed: int = 0,
+                  luminosity_threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pool a uniform sample of tissue pixels and one of all pixels from images, in one pass.
+
+    Parameters
+    ----------
+    images : (H, W, 3) or (N, H, W, 3) uint8 array/tensor, or an iterable of (H, W, 3) uint8 arrays
+        Images or tiles, e.g. many tiles of one slide; read once.
+    n : int
+        Size of each sample.
+    seed : int
+        Seed; the i-th image always gets the same random keys.
+    luminosity_threshold : float or None
+        Tissue threshold on ``L/100`` (see :func:`tissue_mask`); None gives 0.8.
+
+    Returns
+    -------
+    tissue : ndarray, (m, 3) uint8
+        Uniform sample of tissue pixels, m <= n (0 when there is no tissue).
+    everything : ndarray, (k, 3) uint8
+        Uniform sample of all pixels (for I0 and brightness statistics), k <= n.
+    """
+    thr = 0.8 if luminosity_threshold is None else float(luminosity_threshold)
+    tissue, everything = PixelReservoir(n, seed), PixelReservoir(n, seed + 1)
+    for i, image in enumerate(_iter_images(images)):
+        _check_rgb(image)
+        px = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image).reshape(-1, 3)
+        everything.add(px, key=i)
+        tissue.add(px[tissue_mask(px, thr)], key=i)
+    return tissue.sample(), everything.sample()
+
+
+def sample_tissue_pixels(images, n: int = 200_000, seed: int = 0, luminosity_threshold: float = 0.8) -> np.ndarray:
+    """Uniform sample of at most ``n`` tissue pixels pooled over images or tiles.
+
+    Parameters
+    ----------
+    images : (H, W, 3) or (N, H, W, 3) uint8, or an iterable of (H, W, 3) uint8 arrays
+    n : int
+        Maximum number of pixels returned.
+    seed : int
+        Seed; deterministic for the same images in the same order.
+    luminosity_threshold : float
+        Tissue is ``MIN_TISSUE_LUMINOSITY <= L/100 < luminosity_threshold``.
+
+    Returns
+    -------
+    pixels : ndarray, (m, 3) uint8, m <= n; m == 0 when no pixel is tissue.
+    """
+    return sample_pixels(images, n=n, seed=seed, luminosity_threshold=luminosity_threshold)[0]
