@@ -280,7 +280,19 @@ def _open_backend(path: str) -> _Backend:
 
         try:
             if openslide.OpenSlide.detect_format(path) is not None:
-                return _OpenSlideBackend(path)
+                osb = _OpenSlideBackend(path)
+                if osb.vendor != "generic-tiff":
+                    return osb
+                # OpenSlide ignores SubIFD (OME) pyramids; take tifffile's view when it sees more levels.
+                try:
+                    tb = _TiffBackend(path)
+                except Exception:  # noqa: BLE001 - OpenSlide's view stands
+                    return osb
+                if len(tb.level_dimensions) > len(osb.level_dimensions):
+                    osb.close()
+                    return tb
+                tb.close()
+                return osb
         except openslide.OpenSlideError as exc:
             errors.append(f"OpenSlide: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         except Exception as exc:  # noqa: BLE001 - any backend failure means "try the next"

@@ -1,0 +1,302 @@
+"""Nucleus-segmentation datasets and augmentations for HoVer-Net training.
+
+Layouts read:
+
+* **tile folders** (the sample generator's layout): ``images/NAME.png`` (RGB), ``instances/NAME.tif`` (integer
+  labels, 0 = background) and optionally ``classes/NAME.png`` (type per pixel, 0 = background), paired by name;
+* the formats of :mod:`pathgen.metrics.formats` when that module is installed (HoVer-Net ``.mat`` folders,
+  PanNuke, CoNIC), see :func:`open_nuclei_dataset`.
+
+Augmentations move image, instances and classes together (flips, 90-degree rotations, crops) and jitter only
+the colours; training targets are computed *after* augmentation from the moved instance map, so the HV maps
+always agree with the augmented geometry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from pathgen.errors import PathgenError
+
+FORMATS = ("auto", "tiles", "hovernet-mat", "pannuke", "conic")
+
+
+@dataclass
+class NucleiSample:
+    """One annotated tile.
+
+    Attributes
+    ----------
+    name : str
+    image : (H, W, 3) uint8 RGB
+    instances : (H, W) int32 labels, 0 = background
+    classes : (H, W) uint8 type per pixel (0 = background), or None when the dataset has no types
+    """
+
+    name: str
+    image: np.ndarray
+    instances: np.ndarray
+    classes: np.ndarray | None = None
+
+
+def _check_sample(s: NucleiSample, where) -> NucleiSample:
+    img = np.asarray(s.image)
+    if img.ndim == 3 and img.shape[-1] == 4:
+        img = img[..., :3]
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise PathgenError(f"image must be RGB (H, W, 3), got shape {img.shape}", where)
+    if img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating) and img.max() <= 1.0:
+            img = (img * 255).round()
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    inst = np.asarray(s.instances)
+    if inst.ndim == 3 and inst.shape[-1] == 1:
+        inst = inst[..., 0]
+    if inst.shape != img.shape[:2]:
+        raise PathgenError(f"instance map {inst.shape} does not match image {img.shape[:2]}", where)
+    if not np.issubdtype(inst.dtype, np.integer) and not np.all(np.mod(inst, 1) == 0):
+        raise PathgenError("instance map holds non-integer labels", where)
+    inst = inst.astype(np.int32)
+    cls = s.classes
+    if cls is not None:
+        cls = np.asarray(cls)
+        if cls.ndim == 3:
+            cls = cls[..., 0]
+        if cls.shape != inst.shape:
+            raise PathgenError(f"class map {cls.shape} does not match image {img.shape[:2]}", where)
+        cls = cls.astype(np.uint8)
+    return NucleiSample(s.name, np.ascontiguousarray(img), inst, cls)
+
+
+class TileFolderDataset(Sequence[NucleiSample]):
+    """Tiles in the sample generator's layout, read on access.
+
+    Parameters
+    ----------
+    root : path
+        Folder with ``images/`` and ``instances/`` (and optionally ``classes/``).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        img_dir, inst_dir, cls_dir = self.root / "images", self.root / "instances", self.root / "classes"
+        if not img_dir.is_dir() or not inst_dir.is_dir():
+            raise PathgenError("not a tile dataset: needs images/ and instances/ folders", self.root)
+        names = sorted(p.stem for p in img_dir.glob("*.png"))
+        if not names:
+            raise PathgenError("no images/*.png in the dataset", self.root)
+        inst_files = {p.stem: p for p in inst_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png")}
+        missing = [n for n in names if n not in inst_files]
+        if missing:
+            raise PathgenError(f"{len(missing)} images have no instance map (first: instances/{missing[0]}.tif)",
+                               self.root)
+        self.names = names
+        self._inst = inst_files
+        self._cls = ({p.stem: p for p in cls_dir.glob("*.png")} if cls_dir.is_dir() else {})
+        self.has_classes = bool(self._cls) and all(n in self._cls for n in names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        from PIL import Image
+
+        name = self.names[i]
+        img_path = self.root / "images" / f"{name}.png"
+        try:
+            with Image.open(img_path) as im:
+                image = np.asarray(im.convert("RGB"))
+            inst_path = self._inst[name]
+            if inst_path.suffix.lower() == ".png":
+                with Image.open(inst_path) as im:
+                    instances = np.asarray(im)
+            else:
+                import tifffile
+
+                instances = tifffile.imread(inst_path)
+            classes = None
+            if self.has_classes:
+                with Image.open(self._cls[name]) as im:
+                    classes = np.asarray(im)
+        except (OSError, ValueError) as exc:
+            raise PathgenError(f"unreadable tile ({exc})", img_path) from exc
+        return _check_sample(NucleiSample(name, image, instances, classes), img_path)
+
+
+class ListDataset(Sequence[NucleiSample]):
+    """Samples held in memory (e.g. from a format reader or a generator)."""
+
+    def __init__(self, samples: Sequence[NucleiSample], has_classes: bool | None = None):
+        self.samples = [_check_sample(s, s.name) for s in samples]
+        self.has_classes = (all(s.classes is not None for s in self.samples) if has_classes is None
+                            else has_classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+class Subset(Sequence[NucleiSample]):
+    """Items ``indices`` of another dataset."""
+
+    def __init__(self, base: Sequence[NucleiSample], indices: Sequence[int]):
+        self.base, self.indices = base, list(indices)
+        self.has_classes = getattr(base, "has_classes", False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.base[self.indices[i]]
+
+
+def _format_readers():
+    try:
+        from pathgen.metrics import formats
+    except ImportError:
+        return None
+    return formats
+
+
+def _read_with_metrics_formats(path: Path, fmt: str) -> ListDataset:
+    """HoVer-Net .mat / PanNuke / CoNIC through :mod:`pathgen.metrics.formats`."""
+    formats = _format_readers()
+    if formats is None:
+        raise PathgenError(f"format {fmt!r} needs pathgen.metrics.formats, which is not available", path)
+    if not hasattr(formats, "read_nuclei_dataset"):
+        raise PathgenError(f"pathgen.metrics.formats cannot read {fmt!r} datasets with images", path)
+    samples = []
+    for item in formats.read_nuclei_dataset(path, fmt):
+        samples.append(NucleiSample(str(item.name), item.image, item.instances, getattr(item, "classes", None)))
+    if not samples:
+        raise PathgenError("dataset holds no samples", path)
+    return ListDataset(samples)
+
+
+def open_nuclei_dataset(path: str | os.PathLike, format: str = "auto") -> Sequence[NucleiSample]:
+    """Open an annotated nucleus dataset.
+
+    Parameters
+    ----------
+    path : path
+        A tile folder (``images/``, ``instances/``, ``classes/``) or a dataset the metrics module reads.
+    format : {"auto", "tiles", "hovernet-mat", "pannuke", "conic"}
+        ``auto`` picks ``tiles`` when ``images/`` and ``instances/`` exist.
+
+    Returns
+    -------
+    Sequence of :class:`NucleiSample` with a ``has_classes`` attribute.
+    """
+    p = Path(path)
+    if format not in FORMATS:
+        raise PathgenError(f"unknown dataset format {format!r} (choose from {', '.join(FORMATS)})")
+    if not p.exists():
+        raise PathgenError("no such dataset", p)
+    if format == "tiles" or (format == "auto" and (p / "images").is_dir() and (p / "instances").is_dir()):
+        return TileFolderDataset(p)
+    if format == "auto":
+        formats = _format_readers()
+        if formats is not None and hasattr(formats, "detect_format"):
+            detected = formats.detect_format(p)
+            if detected:
+                return _read_with_metrics_formats(p, detected)
+        raise PathgenError("cannot tell the dataset format (expected images/ and instances/ folders; "
+                           "give --format for HoVer-Net .mat, PanNuke or CoNIC data)", p)
+    return _read_with_metrics_formats(p, format)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentations for training patches.
+
+    Attributes
+    ----------
+    flips : bool
+        Random horizontal and vertical flips.
+    rotations : bool
+        Random multiples of 90 degrees.
+    brightness : float
+        Added brightness drawn from +-``brightness`` x 255.
+    contrast : float
+        Contrast factor drawn from 1 +- ``contrast`` (around each image's mean).
+    saturation : float
+        Saturation factor drawn from 1 +- ``saturation``.
+    hue : float
+        Hue shift drawn from +-``hue`` of the colour circle.
+    """
+
+    flips: bool = True
+    rotations: bool = True
+    brightness: float = 0.06
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.04
+
+
+def jitter_colour(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Random brightness, contrast, saturation and hue change of an (H, W, 3) uint8 image (uint8 out)."""
+    img = image.astype(np.float32) / 255.0
+    if cfg.hue > 0 or cfg.saturation > 0:
+        from skimage.color import hsv2rgb, rgb2hsv
+
+        hsv = rgb2hsv(img)
+        if cfg.hue > 0:
+            hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-cfg.hue, cfg.hue), 1.0)
+        if cfg.saturation > 0:
+            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(1 - cfg.saturation, 1 + cfg.saturation), 0, 1)
+        img = hsv2rgb(hsv).astype(np.float32)
+    if cfg.contrast > 0:
+        mean = img.mean()
+        img = (img - mean) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
+    if cfg.brightness > 0:
+        img = img + rng.uniform(-cfg.brightness, cfg.brightness)
+    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,
+                 augment: AugmentConfig | None = None) -> NucleiSample:
+    """A random ``size`` x ``size`` crop of ``sample``, moved and colour-jittered by ``augment`` (None: crop only).
+
+    Geometry changes apply to image, instances and classes alike.
+    """
+    h, w = sample.instances.shape
+    if size > h or size > w:
+        raise PathgenError(f"patch size {size} exceeds the tile size {w}x{h} (use a smaller --patch-size)",
+                           sample.name)
+    y = int(rng.integers(0, h - size + 1))
+    x = int(rng.integers(0, w - size + 1))
+    arrays = [sample.image[y:y + size, x:x + size], sample.instances[y:y + size, x:x + size]]
+    if sample.classes is not None:
+        arrays.append(sample.classes[y:y + size, x:x + size])
+    if augment is not None:
+        if augment.flips:
+            if rng.random() < 0.5:
+                arrays = [a[:, ::-1] for a in arrays]
+            if rng.random() < 0.5:
+                arrays = [a[::-1] for a in arrays]
+        if augment.rotations:
+            k = int(rng.integers(0, 4))
+            arrays = [np.rot90(a, k, axes=(0, 1)) for a in arrays]
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    image = jitter_colour(arrays[0], rng, augment) if augment is not None else arrays[0]
+    return NucleiSample(sample.name, image, arrays[1], arrays[2] if len(arrays) > 2 else None)
+
+
+def count_types(dataset: Sequence[NucleiSample]) -> int:
+    """Number of TP channels the dataset needs (largest class + 1), 0 when it has no classes."""
+    if not getattr(dataset, "has_classes", False):
+        return 0
+    top = 0
+    for s in dataset:
+        if s.classes is not None and s.classes.size:
+            top = max(top, int(s.classes[s.instances > 0].max(initial=0)))
+    return top + 1 if top > 0 else 0
