@@ -103,3 +103,40 @@ def test_local_process_cluster_gives_the_same_result():
     ref = process_array(img, np.negative, cfg=EngineConfig(tile_size=64, overlap=16))
     out = process_array(img, np.negative, cfg=EngineConfig(tile_size=64, overlap=16, workers=2))
     np.testing.assert_array_equal(out, ref)
+
+
+def test_max_blend_draws_owned_objects_whole_once():
+    """Windows paint only the discs whose centre lies in their core, over their whole window: every disc comes out
+    whole and exactly once, whatever the tile size."""
+    h, w = 300, 420
+    rng = np.random.default_rng(3)
+    centres = rng.uniform([10, 10], [h - 10, w - 10], (40, 2))
+    yy, xx = np.mgrid[0:h, 0:w]
+    truth = np.zeros((h, w), np.int32)
+    for i, (cy, cx) in enumerate(centres, 1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = i
+    for tile in (64, 128):
+        cfg = EngineConfig(tile_size=tile, overlap=16, blend="max")
+
+        def paint(batch, origins):
+            out = np.zeros(batch.shape[:3] + (1,), np.int32)
+            records = []
+            for k, (x0, y0) in enumerate(origins):
+                wy, wx = np.mgrid[y0:y0 + batch.shape[1], x0:x0 + batch.shape[2]]
+                owned = []
+                for i, (cy, cx) in enumerate(centres, 1):
+                    if x0 + 16 <= cx < x0 + 16 + tile and y0 + 16 <= cy < y0 + 16 + tile:
+                        out[k, (wy - cy) ** 2 + (wx - cx) ** 2 <= 36, 0] = i
+                        owned.append(i)
+                records.append(owned)
+            return out, records
+
+        paint.wants_origins = True
+        from pathgen.engine import ArraySource, RunReport, iter_stitched_rows
+
+        rep = RunReport()
+        rows = list(iter_stitched_rows(ArraySource(np.zeros((h, w, 3), np.uint8)), paint, 1, np.int32, cfg,
+                                       report=rep, quiet=True))
+        out = np.concatenate(rows)[..., 0]
+        np.testing.assert_array_equal(out, truth)
+        assert sorted(i for r in rep.records for i in r) == list(range(1, 41))

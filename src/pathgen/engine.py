@@ -6,7 +6,9 @@ form an exact partition of unity: 1 inside a core, and across each core border a
 (cosine² or linear) rising in one window exactly as it falls in its neighbour. The stitched value is therefore
 ``Σ wᵢ·fᵢ`` with ``Σ wᵢ = 1`` everywhere: identity in gives the input back exactly (after rounding), and smooth
 functions stay smooth across borders. ``blend="none"`` uses hard 0/1 weights (each pixel from its own core; for
-labels).
+labels). ``blend="max"`` keeps the maximum over every window that covers a pixel (whole windows, halo included):
+for label outputs where each window paints only the objects it owns, e.g. nuclei whose centroid lies in its core,
+so an object cut by a core border is still drawn whole, once.
 
 Streaming: windows are processed in raster order; a window row finalises the output rows above its lower ramp, so
 only ``2·overlap`` rows (vertical carry) and one window's ``2·overlap`` columns (horizontal carry) are ever held as
@@ -28,7 +30,7 @@ import numpy as np
 from pathgen.errors import PathgenError
 
 TileFn = Callable[[np.ndarray], np.ndarray]
-BLENDS = ("cosine", "linear", "none")
+BLENDS = ("cosine", "linear", "none", "max")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -100,6 +102,8 @@ class TileGrid:
         """Weights along one axis for window ``index`` of ``count`` (length ``window``)."""
         o, s = self.overlap, self.tile
         w = np.zeros(self.window, np.float64)
+        if blend == "max":
+            return np.ones(self.window, np.float64)
         if blend == "none" or o == 0:
             w[o:o + s] = 1.0
             return w
@@ -261,9 +265,14 @@ def _run_batch(source, fn, windows: list[tuple[int, int]], wsize: int, skip: lis
     """Read the batch's windows, call ``fn`` once on the stacked tissue windows, fill the others."""
     todo = [i for i, s in enumerate(skip) if not s]
     results: list = [None] * len(windows)
+    records: list = [None] * len(windows)
     if todo:
         batch = np.stack([source.read(windows[i][0], windows[i][1], wsize, wsize) for i in todo])
-        out = fn(batch)
+        out = fn(batch, [windows[i] for i in todo]) if getattr(fn, "wants_origins", False) else fn(batch)
+        if isinstance(out, tuple):  # (arrays, one record per tile): side outputs such as polygons
+            out, recs = out
+            for k, i in enumerate(todo):
+                records[i] = recs[k]
         out = np.asarray(out)
         if out.ndim == 3:
             out = out[..., None]
@@ -271,7 +280,7 @@ def _run_batch(source, fn, windows: list[tuple[int, int]], wsize: int, skip: lis
             raise PathgenError(f"tile function returned shape {out.shape}, expected ({len(todo)}, {wsize}, {wsize}, C)")
         for k, i in enumerate(todo):
             results[i] = out[k]
-    return results
+    return results, records
 
 
 class Stitcher:
@@ -280,6 +289,9 @@ class Stitcher:
     def __init__(self, grid: TileGrid, channels: int, dtype, blend: str, background: float):
         self.g, self.c, self.dtype, self.blend, self.bg = grid, channels, np.dtype(dtype), blend, background
         self.acc_dtype = np.float64 if (self.dtype.kind in "iu" and self.dtype.itemsize > 2) else np.float32
+        if blend == "max":  # no arithmetic: combine in the output type
+            self.acc_dtype = self.dtype
+        self.combine = np.maximum if blend == "max" else np.add
         o = grid.overlap
         self.wy = [grid.weights_1d(i, grid.ny, blend) for i in range(grid.ny)]
         self.wx = [grid.weights_1d(i, grid.nx, blend) for i in range(grid.nx)]
@@ -288,6 +300,8 @@ class Stitcher:
         self.lo, self.hi = (info.min, info.max) if info else (None, None)
 
     def _finish(self, block: np.ndarray) -> np.ndarray:
+        if block.dtype == self.dtype:
+            return block
         if self.dtype.kind in "iu":
             return np.clip(np.rint(block), self.lo, self.hi).astype(self.dtype)
         return block.astype(self.dtype)
@@ -307,21 +321,29 @@ class Stitcher:
                 # no halo: every pixel comes from its own core; copy without float arithmetic
                 self._copy_core(out, t, tx * s)
                 continue
-            w2 = wy[:, None, None] * self.wx[tx].astype(self.acc_dtype)[None, :, None]
-            if t is None:
-                blk = np.broadcast_to(w2 * self.acc_dtype(self.bg), (g.window, g.window, c)).copy()
-            else:
-                if t.shape[-1] != c:
+            if self.blend == "max":
+                blk = np.zeros((g.window, g.window, c), self.acc_dtype) if t is None else t.astype(self.acc_dtype)
+                if t is not None and t.shape[-1] != c:
                     raise PathgenError(f"tile function returned {t.shape[-1]} channels, expected {c}")
-                blk = t.astype(self.acc_dtype) * w2
+            else:
+                blk = self._weighted(t, wy, self.wx[tx].astype(self.acc_dtype))
             if o:
-                blk[:, :2 * o] += hcarry
+                blk[:, :2 * o] = self.combine(blk[:, :2 * o], hcarry)
                 hcarry = blk[:, s:s + 2 * o].copy()
             self._emit(out, blk[:, :s], tx * s - o, last)
         if o:
             self._emit(out, hcarry, g.nx * s - o, last)
         y0, y1 = max(y_top, 0), min(g.height, y_top + keep)
         return out[y0 - y_top:y1 - y_top]
+
+    def _weighted(self, t, wy, wx):
+        c, g = self.c, self.g
+        w2 = wy[:, None, None] * wx[None, :, None]
+        if t is None:
+            return np.broadcast_to(w2 * self.acc_dtype(self.bg), (g.window, g.window, c)).copy()
+        if t.shape[-1] != c:
+            raise PathgenError(f"tile function returned {t.shape[-1]} channels, expected {c}")
+        return t.astype(self.acc_dtype) * w2
 
     def _copy_core(self, out: np.ndarray, t: np.ndarray | None, x0: int) -> None:
         b = min(x0 + self.g.tile, self.g.width)
@@ -343,7 +365,7 @@ class Stitcher:
             return
         blk = cols[:, a - x0:b - x0]
         if o:
-            blk[:2 * o] += self.vcarry[:, a:b]
+            blk[:2 * o] = self.combine(blk[:2 * o], self.vcarry[:, a:b])
             if not last:
                 self.vcarry[:, a:b] = blk[s:s + 2 * o]
         out[:, a:b] = self._finish(blk[:out.shape[0]])
@@ -359,6 +381,7 @@ class RunReport:
     output: str | None = None
     shape: tuple[int, int, int] | None = None
     mpp: tuple[float, float] | None = None
+    records: list = field(default_factory=list)  # side outputs of the tile function, in raster order
     extra: dict = field(default_factory=dict)
 
 
@@ -421,9 +444,11 @@ def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8
                     futures.append((ty, txs, skip, fut))
                     nxt += 1
                 ty, txs, skip, fut = futures.pop(0)
-                results = fut.result()
-                for tx, r in zip(txs, results):
+                results, records = fut.result()
+                for tx, r, rec in zip(txs, results, records):
                     row_tiles[tx] = r
+                    if rec is not None:
+                        report.records.append(rec)
                 report.processed += sum(1 for s in skip if not s)
                 report.skipped += sum(skip)
                 done_in_row += len(txs)

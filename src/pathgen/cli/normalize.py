@@ -1,9 +1,111 @@
-"""`pathgen normalize` commands."""
+"""`pathgen normalize`: stain-normalise image files, folders/globs of them, and whole slides."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _is_slide(path: str | Path) -> bool:
+    """The one place the command decides "is this a whole slide?".
+
+    Slide suffixes (.svs .ndpi .mrxs .scn .bif .vms .vmu .dcm) and pyramidal/multi-page .tif/.tiff files are slides
+    (rule in :func:`pathgen.stain.apply.is_slide`); everything else is an image file.
+    """
+    from pathgen.stain.apply import is_slide
+
+    return is_slide(path)
+
+
+def _slide_output(input_path: Path, out_dir: Path) -> Path:
+    return out_dir / f"{input_path.stem}.tif"
+
+
+def normalize(
+    input: str = typer.Argument(..., help="Image file (PNG/JPEG/TIFF), slide, folder, or quoted glob pattern."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output file (one input) or folder (several)."),
+    method: str = typer.Option("macenko", "--method", "-m", help="macenko | vahadane | reinhard."),
+    target: Optional[str] = typer.Option(None, "--target", "-t",
+                                         help="Target: image, folder of images (one domain), slide, or stain JSON "
+                                              "from `pathgen stain fit` (default: built-in target)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    per_tile: bool = typer.Option(False, "--per-tile", help="Fit the source on every tile separately "
+                                                            "(for comparison; causes seams)."),
+    tile_size: int = typer.Option(512, "--tile-size", help="Tile edge in pixels for --per-tile."),
+    percentile: float = typer.Option(99.0, "--percentile", help="Concentration percentile used for scaling."),
+    i0: Optional[str] = typer.Option(None, "--i0", help="Background intensity, one value or R,G,B "
+                                                        "(default: estimated per image/slide)."),
+    no_rescale: bool = typer.Option(False, "--no-rescale", help="Keep source concentrations unscaled "
+                                                                "(NASDM Vahadane variant)."),
+    brightness: str = typer.Option("none", "--brightness", help="none | rgb_p90 | lab_l_p95."),
+    lasso_lambda: float = typer.Option(0.01, "--lasso-lambda", help="L1 weight of the concentration solve."),
+    luminosity_threshold: float = typer.Option(0.8, "--luminosity-threshold",
+                                               help="Tissue is CIELAB L/100 below this."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pixel sampling and Vahadane subsampling."),
+) -> None:
+    """Stain-normalise images or slides to a target; each image/slide gets one source fit."""
+    from pathgen.config import save_run_config
+    from pathgen.errors import PathgenError
+    from pathgen.io.atomic import check_output
+    from pathgen.progress import progress_bar
+    from pathgen.stain.apply import expand_inputs, image_format, normalize_image_file
+    from pathgen.stain.normalize import StainNormalizer
+
+    normalizer = StainNormalizer(method, percentile=percentile, i0=i0, lasso_lambda=lasso_lambda,
+                                 rescale=not no_rescale, brightness=brightness, device=device, seed=seed,
+                                 luminosity_threshold=luminosity_threshold)
+    if tile_size < 16:
+        raise PathgenError(f"--tile-size must be at least 16, got {tile_size}")
+    inputs = expand_inputs(input)
+    single = len(inputs) == 1 and not Path(input).is_dir()
+
+    # Decide every output and refuse clashes before any work starts.
+    jobs: list[tuple[Path, Path, bool]] = []
+    if single:
+        slide = _is_slide(inputs[0])
+        if not slide:
+            image_format(output)
+        check_output(output, overwrite=overwrite, inputs=(inputs[0],))
+        jobs.append((inputs[0], output, slide))
+    else:
+        if output.exists() and not output.is_dir():
+            raise PathgenError("several inputs need an output folder, this is a file", output)
+        if not output.exists():
+            if not output.parent.exists():
+                raise PathgenError("output folder's parent does not exist", output.parent)
+            output.mkdir()
+        for src in inputs:
+            slide = _is_slide(src)
+            dst = _slide_output(src, output) if slide else output / src.name
+            check_output(dst, overwrite=overwrite, inputs=(src,))
+            jobs.append((src, dst, slide))
+        if len({dst for _, dst, _ in jobs}) != len(jobs):
+            raise PathgenError("two inputs would write the same output name", output)
+
+    normalizer.fit_target(target)
+    sources: dict[str, object] = {}
+    with progress_bar(len(jobs), f"normalize ({method})", unit="files") as bar:
+        for src, dst, slide in jobs:
+            if slide:
+                from pathgen.stain.slide import normalize_slide  # written with the slide engine
+
+                result = normalize_slide(src, dst, normalizer=normalizer, per_tile=per_tile, tile_size=tile_size,
+                                         overwrite=overwrite)
+            else:
+                result = normalize_image_file(src, dst, normalizer, per_tile=per_tile, tile_size=tile_size,
+                                              overwrite=overwrite)
+            sources[src.name] = None if result is None or not hasattr(result, "to_dict") else result.to_dict()
+            bar.advance(1)
+
+    extra = {"target": normalizer.target.to_dict(), "inputs": [str(j[0]) for j in jobs],
+             "per_tile": per_tile, "tile_size": tile_size, "sources": sources}
+    save_run_config(output, normalizer.settings(), seed=seed, extra=extra)
+    typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} -> {output}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.command("normalize", help="Stain-normalise images or slides (Macenko, Vahadane, Reinhard).")(normalize)

@@ -35,7 +35,7 @@ def hash_uint64(seed: int, stream: int, *coords) -> np.ndarray:
     h = _mix(h)
     with np.errstate(over="ignore"):
         for a in arrays:
-            h ^= np.ascontiguousarray(a).view(np.uint64) * _GOLDEN
+            h ^= np.array(a, dtype=np.int64).view(np.uint64) * _GOLDEN
             h = _mix(h)
     return h
 

@@ -36,6 +36,9 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     p = Path(path)
     tmp = p.with_name(f".{p.name}.part")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the writer creates owner-only files; give it the usual permissions
     os.replace(tmp, p)
 
 

@@ -139,7 +139,8 @@ class StainFit:
     i0 : ndarray (3,) float64
         Background intensity per channel used for OD.
     tissue_pixels : int
-        Number of tissue pixels the fit used; 0 means "no tissue" and the fit holds no statistics.
+        Number of tissue pixels the fit used (0 for the built-in default, which was not fitted here, and for a
+        fit that found no tissue: then ``matrix``, ``concentration_percentiles`` and ``lab_*`` are None).
     lab_mean, lab_std : ndarray (3,) float64 or None
         CIELAB mean and standard deviation of tissue pixels (Reinhard).
     brightness_reference : float or None
@@ -161,7 +162,8 @@ class StainFit:
 
     @property
     def has_tissue(self) -> bool:
-        return self.tissue_pixels > 0
+        """True when the fit holds statistics (stain vectors or CIELAB statistics) to normalise with."""
+        return self.matrix is not None or self.lab_mean is not None
 
     @property
     def vectors(self) -> np.ndarray | None:

@@ -277,7 +277,7 @@ class StainNormalizer:
         return self
 
     def _fit_target_path(self, path: Path) -> StainFit:
-        from pathgen.stain.apply import list_images, read_image
+        from pathgen.stain.apply import is_slide, list_images, read_image
 
         if path.is_dir():
             files = list_images(path)
@@ -287,6 +287,10 @@ class StainNormalizer:
         require_file(path)
         if path.suffix.lower() == ".json":
             return StainFit.load(path)
+        if is_slide(path):
+            from pathgen.stain.slide import fit_slide  # slide-level sampling lives with the slide engine
+
+            return fit_slide(path, self)
         return self.fit_images(read_image(path)[0])
 
     def fit_source(self, images) -> "StainNormalizer":
@@ -305,7 +309,7 @@ class StainNormalizer:
         return self
 
     # --------------------------------------------------------------------------------------------- transform
-    def transform(self, images, per_tile: bool = False):
+    def transform(self, images, per_tile: bool = False, source: StainFit | None = None):
         """Normalise images or a batch of tiles.
 
         Parameters
@@ -315,6 +319,8 @@ class StainNormalizer:
         per_tile : bool
             Fit the source on each (H, W, 3) tile separately instead of using the fitted source (for
             comparison: per-tile fitting makes stitched slides inconsistent).
+        source : StainFit, optional
+            Source statistics to use instead of ``self.source`` (e.g. one fit per image in a folder run).
 
         Returns
         -------
@@ -336,11 +342,12 @@ class StainNormalizer:
             result = torch.stack(out) if out else as_tensor(tiles).clone()
             result = result[0] if images.ndim == 3 else result
         else:
-            if self.source is None:
+            source = source if source is not None else self.source
+            if source is None:
                 raise PathgenError("no source fitted: call fit_source() or fit_source_pixels() first, "
                                    "or use per_tile=True")
             t = as_tensor(images)
-            result = self._transform_flat(t.reshape(-1, 3), self.source).reshape(t.shape)
+            result = self._transform_flat(t.reshape(-1, 3), source).reshape(t.shape)
         if is_tensor:
             return result.to(images.device)
         return result.cpu().numpy()
