@@ -127,7 +127,7 @@ class EngineConfig:
     scheduler: str | None = None  # address of an existing dask.distributed scheduler
     device: str = "auto"
     skip_background: bool = True
-    background: float = 255.0
+    background: float | tuple[float, ...] = 255.0  # fill of skipped windows: one value or one per channel
     in_flight_per_worker: int = 2
 
 
@@ -292,6 +292,7 @@ class Stitcher:
         if blend == "max":  # no arithmetic: combine in the output type
             self.acc_dtype = self.dtype
         self.combine = np.maximum if blend == "max" else np.add
+        self.bg = np.broadcast_to(np.asarray(background, np.float64), (channels,)).astype(self.acc_dtype)
         o = grid.overlap
         self.wy = [grid.weights_1d(i, grid.ny, blend) for i in range(grid.ny)]
         self.wx = [grid.weights_1d(i, grid.nx, blend) for i in range(grid.nx)]
@@ -340,7 +341,7 @@ class Stitcher:
         c, g = self.c, self.g
         w2 = wy[:, None, None] * wx[None, :, None]
         if t is None:
-            return np.broadcast_to(w2 * self.acc_dtype(self.bg), (g.window, g.window, c)).copy()
+            return w2 * self.bg[None, None, :]
         if t.shape[-1] != c:
             raise PathgenError(f"tile function returned {t.shape[-1]} channels, expected {c}")
         return t.astype(self.acc_dtype) * w2
@@ -350,7 +351,7 @@ class Stitcher:
         if t is not None and t.shape[-1] != self.c:
             raise PathgenError(f"tile function returned {t.shape[-1]} channels, expected {self.c}")
         if t is None:
-            out[:, x0:b] = self._finish(np.asarray(self.bg, self.acc_dtype))
+            out[:, x0:b] = self._finish(self.bg)
         elif t.dtype == self.dtype:
             out[:, x0:b] = t[:out.shape[0], :b - x0]
         else:

@@ -71,13 +71,23 @@ def value_noise(seed: int, stream: int, y: np.ndarray, x: np.ndarray, cell: floa
     ix = fx0.astype(np.int64)
     y_lo, y_hi = int(iy.min()), int(iy.max()) + 1
     x_lo, x_hi = int(ix.min()), int(ix.max()) + 1
-    lattice = hash_uniform(seed, stream, np.arange(y_lo, y_hi + 1)[:, None], np.arange(x_lo, x_hi + 1)[None, :])
-    ry = iy - y_lo
-    rx = ix - x_lo
-    v00 = lattice[ry, rx]
-    v01 = lattice[ry, rx + 1]
-    v10 = lattice[ry + 1, rx]
-    v11 = lattice[ry + 1, rx + 1]
+    n_out = int(np.prod(np.broadcast_shapes(iy.shape, ix.shape)))
+    if (y_hi - y_lo + 1) * (x_hi - x_lo + 1) <= 4 * max(n_out, 1) + 64:
+        # Dense lattice over the bounding box, then gather (grids, clustered points).
+        lattice = hash_uniform(seed, stream, np.arange(y_lo, y_hi + 1)[:, None],
+                               np.arange(x_lo, x_hi + 1)[None, :])
+        ry = iy - y_lo
+        rx = ix - x_lo
+        v00 = lattice[ry, rx]
+        v01 = lattice[ry, rx + 1]
+        v10 = lattice[ry + 1, rx]
+        v11 = lattice[ry + 1, rx + 1]
+    else:
+        # Scattered points: hash the four corners of each point directly (same values).
+        v00 = hash_uniform(seed, stream, iy, ix)
+        v01 = hash_uniform(seed, stream, iy, ix + 1)
+        v10 = hash_uniform(seed, stream, iy + 1, ix)
+        v11 = hash_uniform(seed, stream, iy + 1, ix + 1)
     top = v00 + tx * (v01 - v00)
     bottom = v10 + tx * (v11 - v10)
     return top + ty * (bottom - top)

@@ -68,8 +68,8 @@ class TissueParams:
         Inflammation-field quantile above which lymphoid aggregates form.
     """
 
-    tissue_fraction: float = 0.88
-    tissue_scale_um: float = 500.0
+    tissue_fraction: float = 0.93
+    tissue_scale_um: float = 600.0
     tissue_threshold: float | None = None
     extent_um: tuple[float, float] | None = None
     gland_cell_um: float = 100.0
@@ -158,6 +158,10 @@ class TissuePlane:
         self._cell_cache: dict[tuple[int, int], list[_Cell]] = {}
         self.fibre_angle = float(noise.hash_uniform(self.seed, _S_ANGLE, 0)) * math.pi
         self._infl_q = noise.fbm_quantile(self.params.aggregate_quantile, octaves=3)
+        from scipy.stats import poisson
+
+        lam = self._LAMBDA_MAX * self._NUC_CELL_UM ** 2 / 1000.0
+        self._poisson_cdf = poisson.cdf(np.arange(int(lam + 12 * math.sqrt(lam) + 10)), lam)
 
     # ---- fields (µm coordinates, broadcastable) -------------------------------------------------------------
     def tissue_field(self, y_um, x_um) -> np.ndarray:
@@ -194,46 +198,54 @@ class TissuePlane:
         return np.arctan2(gy, gx) + math.pi / 2
 
     # ---- glands ---------------------------------------------------------------------------------------------
+    def _uniforms(self, stream: int, cy: np.ndarray, cx: np.ndarray, n: int) -> np.ndarray:
+        """``n`` hashed uniforms per grid cell, shape (len(cy), n): the cell's own random numbers."""
+        return noise.hash_uniform(self.seed, stream, np.asarray(cy)[:, None], np.asarray(cx)[:, None],
+                                  np.arange(n)[None, :])
+
+    def _ensure_glands(self, keys) -> None:
+        todo = [k for k in keys if k not in self._gland_cache]
+        if not todo:
+            return
+        cell = self.params.gland_cell_um
+        gy = np.array([k[0] for k in todo], np.int64)
+        gx = np.array([k[1] for k in todo], np.int64)
+        uu = self._uniforms(_S_GLAND, gy, gx, 16)
+        ccy, ccx = (gy + 0.5) * cell, (gx + 0.5) * cell
+        p = np.clip(self.params.gland_probability + 2.0 * (self._gland_field(ccy, ccx) - 0.5), 0.0, 0.97)
+        present = (uu[:, 0] < p) & (self.tissue_field(ccy, ccx) > self.threshold + 0.01)
+        for i, key in enumerate(todo):
+            g = None
+            if present[i]:
+                u = uu[i]
+                atypia = float(u[1] ** 2.5)
+                amps = np.array([0.07 * u[2], 0.05 * u[3], 0.03 * u[4]]) * (1 + 1.5 * atypia)
+                phases = 2 * math.pi * u[5:8]
+                r_out = 27.0 + 14.0 * u[8] + 6.0 * atypia
+                ratio = 0.62 + 0.38 * u[9]
+                ext = r_out * (1 + amps.sum()) + 3.0
+                if ext > cell / 2:  # shrink to stay inside the cell: glands never overlap
+                    r_out *= (cell / 2) / ext
+                    ext = cell / 2
+                free = cell / 2 - ext
+                thickness = 15.0 + 7.0 * u[10] + 5.0 * atypia
+                inner = max(0.07, 1.0 - thickness / (r_out * ratio) * (0.85 + 0.3 * u[11]))
+                g = _Gland(float(ccy[i] + (2 * u[12] - 1) * free), float(ccx[i] + (2 * u[13] - 1) * free), r_out,
+                           r_out * ratio, math.pi * u[14], amps, phases, inner, atypia, key)
+            self._gland_cache[key] = g
+
     def gland(self, gy: int, gx: int) -> _Gland | None:
         """The crypt owned by gland cell ``(gy, gx)``, or None."""
-        key = (gy, gx)
-        if key in self._gland_cache:
-            return self._gland_cache[key]
-        cell = self.params.gland_cell_um
-        rng = np.random.default_rng(noise.cell_seed(self.seed, _S_GLAND, gy, gx))
-        u = rng.random(16)
-        ccy, ccx = (gy + 0.5) * cell, (gx + 0.5) * cell
-        gf = float(self._gland_field(np.float64(ccy), np.float64(ccx)))
-        p = float(np.clip(self.params.gland_probability + 3.0 * (gf - 0.5), 0.0, 0.97))
-        tissue_here = float(self.tissue_field(np.float64(ccy), np.float64(ccx))) > self.threshold + 0.01
-        g = None
-        if u[0] < p and tissue_here:
-            atypia = float(u[1] ** 2.5)
-            amps = np.array([0.07 * u[2], 0.05 * u[3], 0.03 * u[4]]) * (1 + 1.5 * atypia)
-            phases = 2 * math.pi * u[5:8]
-            r_out = 22.0 + 16.0 * u[8] + 6.0 * atypia
-            ratio = 0.65 + 0.35 * u[9]
-            ext = r_out * (1 + amps.sum()) + 3.0
-            if ext > cell / 2:  # shrink to stay inside the cell: glands never overlap
-                r_out *= (cell / 2) / ext
-                ext = cell / 2
-            free = cell / 2 - ext
-            thickness = 13.0 + 8.0 * u[10] + 5.0 * atypia
-            inner = max(0.06, 1.0 - thickness / (r_out * ratio) * (0.8 + 0.4 * u[11]))
-            g = _Gland(ccy + (2 * u[12] - 1) * free, ccx + (2 * u[13] - 1) * free, r_out, r_out * ratio,
-                       math.pi * u[14], amps, phases, inner, atypia, key)
-        self._gland_cache[key] = g
-        return g
+        self._ensure_glands([(gy, gx)])
+        return self._gland_cache[(gy, gx)]
 
     def glands_in(self, y0_um, x0_um, y1_um, x1_um) -> list[_Gland]:
+        """Crypts owned by the gland cells that meet the rectangle (µm)."""
         cell = self.params.gland_cell_um
-        out = []
-        for gy in range(math.floor(y0_um / cell), math.floor(y1_um / cell) + 1):
-            for gx in range(math.floor(x0_um / cell), math.floor(x1_um / cell) + 1):
-                g = self.gland(gy, gx)
-                if g is not None:
-                    out.append(g)
-        return out
+        keys = [(gy, gx) for gy in range(math.floor(y0_um / cell), math.floor(y1_um / cell) + 1)
+                for gx in range(math.floor(x0_um / cell), math.floor(x1_um / cell) + 1)]
+        self._ensure_glands(keys)
+        return [g for g in (self._gland_cache[k] for k in keys) if g is not None]
 
     def in_gland(self, y_um: np.ndarray, x_um: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Whether points lie inside a crypt's outer boundary scaled by ``1 + margin``."""
@@ -242,8 +254,10 @@ class TissuePlane:
         out = np.zeros(y_um.shape, bool)
         gy = np.floor(y_um / cell).astype(np.int64)
         gx = np.floor(x_um / cell).astype(np.int64)
-        for key in set(zip(gy.tolist(), gx.tolist())):
-            g = self.gland(*key)
+        keys = set(zip(gy.tolist(), gx.tolist()))
+        self._ensure_glands(keys)
+        for key in keys:
+            g = self._gland_cache[key]
             if g is None:
                 continue
             sel = (gy == key[0]) & (gx == key[1])
@@ -291,7 +305,7 @@ class TissuePlane:
                 nucleolus = (ny, nx, (0.45 + 0.35 * at) * px, 0.5)
             cells.append(_Cell(
                 EPITHELIAL, float(cy[i]) * px - 0.5, float(cx[i]) * px - 0.5, float(marks[i]),
-                core=1.05 * float(half_short[i]), lobes=lobes, density=0.78 - 0.28 * at + 0.1 * u[i, 9],
+                core=1.05 * float(half_short[i]), lobes=lobes, density=1.45 - 0.4 * at + 0.2 * u[i, 9],
                 granularity=0.22 + 0.1 * at, margination=0.15 + 0.45 * at, nucleolus=nucleolus,
                 extent=(half_long[i] + 1.5) * px))
         # Goblet vacuoles sit between the nuclei and the lumen; crowded atypical glands lose them.
@@ -305,7 +319,7 @@ class TissuePlane:
             d = min(depth[i] + half_long[i] + ra * 0.9, band[i] - ra * 0.6)
             gu, gv = bu[i] - nu[i] * d, bv[i] - nv[i] * d
             gx_, gy_ = g.cx + ca * gu - sa * gv, g.cy + sa * gu + ca * gv
-            conc = (0.065, 0.025, 0.0)
+            conc = (0.17, 0.07, 0.01)
             goblets.append(_Cell(0, gy_ * px - 0.5, gx_ * px - 0.5, float(gob[i, 3]), core=0.0,
                                  cyto=[(0.0, 0.0, ra * px, rb * px, float(normal_angle[i]), conc, 0.35, 0.0, None)],
                                  extent=(ra + 1) * px))
@@ -315,69 +329,86 @@ class TissuePlane:
     _NUC_CELL_UM = 40.0
     _LAMBDA_MAX = 22.0  # per 1000 µm²; upper bound of the modulated density
 
-    def _stroma_cells(self, cy: int, cx: int) -> list[_Cell]:
-        key = (cy, cx)
-        hit = self._cell_cache.get(key)
-        if hit is not None:
-            return hit
+    def _ensure_stroma(self, keys) -> None:
+        """Generate (and cache) the stroma cells and red blood cells owned by nucleus grid cells ``keys``.
+
+        Candidates form a Poisson process of intensity ``_LAMBDA_MAX`` per cell, thinned to the local density
+        (tissue, outside crypts, inflammation, fibrosis, aggregates); all numbers are hashed from the cell and
+        candidate index, so a cell's content never depends on which window asked for it.
+        """
+        todo = [k for k in keys if k not in self._cell_cache]
+        if not todo:
+            return
+        if len(self._cell_cache) > 50000:
+            self._cell_cache.clear()
         size = self._NUC_CELL_UM
-        rng = np.random.default_rng(noise.cell_seed(self.seed, _S_NUC, cy, cx))
-        n = int(rng.poisson(self._LAMBDA_MAX * size * size / 1000.0))
-        pos = (np.array([cy, cx], float) + rng.random((n, 2))) * size
-        marks = rng.random(n)
-        accept_u = rng.random(n)
-        type_u = rng.random(n)
-        uni = rng.random((n, _N_UNIFORMS))
-        ys, xs = pos[:, 0], pos[:, 1]
-        cells: list[_Cell] = []
-        if n:
+        cy = np.array([k[0] for k in todo], np.int64)
+        cx = np.array([k[1] for k in todo], np.int64)
+        head = self._uniforms(_S_NUC, cy, cx, 1)[:, 0]
+        counts = np.searchsorted(self._poisson_cdf, head, side="right")
+        k_max = max(int(counts.max()), 1)
+        n_attr = 5 + _N_UNIFORMS
+        uu = noise.hash_uniform(self.seed, _S_NUC + 100, cy[:, None, None], cx[:, None, None],
+                                np.arange(k_max)[None, :, None], np.arange(n_attr)[None, None, :])
+        valid = np.arange(k_max)[None, :] < counts[:, None]
+        owner = np.broadcast_to(np.arange(len(todo))[:, None], valid.shape)[valid]
+        u = uu[valid]  # (n, n_attr)
+        ys = (cy[owner] + u[:, 0]) * size
+        xs = (cx[owner] + u[:, 1]) * size
+        per_cell: list[list[_Cell]] = [[] for _ in todo]
+        if len(u):
+            marks, accept_u, type_u, uni = u[:, 2], u[:, 3], u[:, 4], u[:, 5:]
             infl = self._inflammation(ys, xs)
             fib = self._fibre_density(ys, xs)
             acute = noise.fbm(self.seed, _S_ACUTE, ys, xs, 120.0, octaves=2)
             aggregate = np.clip((infl - self._infl_q) / 0.04, 0.0, 1.0)
             dens = self.params.stroma_density * (0.45 + 2.2 * np.clip(infl - 0.3, 0.0, None) / 0.4)
             dens = dens * (1.0 - 0.4 * np.clip(fib - 0.5, 0, None) / 0.3) + 14.0 * aggregate
-            ok = (self.tissue_field(ys, xs) > self.threshold) & ~self.in_gland(ys, xs, margin=0.06)
-            keep = ok & (accept_u * self._LAMBDA_MAX < dens)
+            keep = accept_u * self._LAMBDA_MAX < dens
+            keep[keep] = self.tissue_field(ys[keep], xs[keep]) > self.threshold
+            keep[keep] = ~self.in_gland(ys[keep], xs[keep], margin=0.06)
             w = np.stack([
                 0.05 + 0.25 * np.clip(acute - 0.6, 0, None) / 0.15,  # neutrophil
-                np.zeros(n),  # epithelial: only in glands
+                np.zeros(len(u)),  # epithelial: only in crypts
                 0.30 + 0.5 * np.clip(infl - 0.5, 0, None) / 0.2,  # lymphocyte
                 0.22 + 0.15 * np.clip(infl - 0.45, 0, None) / 0.2,  # plasma
-                0.08 + 0.15 * np.clip(acute - 0.55, 0, None) / 0.2,  # eosinophil
+                0.07 + 0.15 * np.clip(acute - 0.55, 0, None) / 0.2,  # eosinophil
                 0.22 + 0.9 * np.clip(fib - 0.45, 0, None) / 0.25,  # connective
             ], axis=1)
             w[:, 2] += 12.0 * aggregate
             cum = np.cumsum(w, axis=1)
             types = 1 + np.sum(type_u[:, None] * cum[:, -1:] > cum, axis=1)
-            direction = self.fibre_direction(ys, xs)
-            for i in np.flatnonzero(keep):
-                cells.append(self._make_stroma_cell(int(types[i]), ys[i], xs[i], float(marks[i]), uni[i],
-                                                    float(direction[i])))
-        # Red blood cells: short chains in capillaries, drawn beneath the nuclei.
-        rrng = np.random.default_rng(noise.cell_seed(self.seed, _S_RBC, cy, cx))
-        ru = rrng.random(8)
-        if ru[0] < 0.22:
-            k = 3 + int(6 * ru[1])
-            ang = 2 * math.pi * ru[2]
-            start = (np.array([cy, cx]) + ru[3:5]) * size
-            steps = 5.2 + 1.6 * rrng.random(k)
-            bend = (rrng.random(k) - 0.5) * 0.7
-            angs = ang + np.cumsum(bend)
-            py = start[0] + np.cumsum(steps * np.sin(angs))
-            pxs = start[1] + np.cumsum(steps * np.cos(angs))
+            idx = np.flatnonzero(keep)
+            direction = self.fibre_direction(ys[idx], xs[idx])
+            for i, d in zip(idx, direction):
+                per_cell[owner[i]].append(self._make_stroma_cell(int(types[i]), ys[i], xs[i], float(marks[i]),
+                                                                 uni[i], float(d)))
+        self._add_red_cells(cy, cx, per_cell)
+        for key, cells in zip(todo, per_cell):
+            self._cell_cache[key] = cells
+
+    def _add_red_cells(self, cy: np.ndarray, cx: np.ndarray, per_cell: list[list[_Cell]]) -> None:
+        """Red blood cells: short bent chains in capillaries of some cells, drawn beneath the nuclei."""
+        size = self._NUC_CELL_UM
+        n_max = 8
+        ru = self._uniforms(_S_RBC, cy, cx, 5 + 4 * n_max)
+        chains = np.flatnonzero(ru[:, 0] < 0.1)
+        px = 1.0 / self.mpp
+        for c in chains:
+            u = ru[c]
+            k = 3 + int(6 * u[1])
+            v = u[5:].reshape(n_max, 4)[:k]
+            ang = 2 * math.pi * u[2]
+            steps = 5.4 + 1.2 * v[:, 0]
+            angs = ang + np.cumsum((v[:, 1] - 0.5) * 0.7)
+            py = (cy[c] + u[3]) * size + np.cumsum(steps * np.sin(angs))
+            pxs = (cx[c] + u[4]) * size + np.cumsum(steps * np.cos(angs))
             ok = (self.tissue_field(py, pxs) > self.threshold) & ~self.in_gland(py, pxs, margin=0.1)
-            px = 1.0 / self.mpp
-            shape_u = rrng.random((k, 3))
             for j in np.flatnonzero(ok):
-                r = (3.3 + 0.6 * shape_u[j, 0]) * px
-                cells.append(_Cell(0, py[j] * px - 0.5, pxs[j] * px - 0.5, float(shape_u[j, 2]), core=0.0,
-                                   cyto=[(0.0, 0.0, r, r * (0.8 + 0.2 * shape_u[j, 1]), float(angs[j]),
-                                          (0.02, 0.62, 0.3), 0.05, 0.45, None)], extent=r + px))
-        if len(self._cell_cache) > 50000:
-            self._cell_cache.clear()
-        self._cell_cache[key] = cells
-        return cells
+                r = (3.3 + 0.5 * v[j, 2]) * px
+                per_cell[c].append(_Cell(0, py[j] * px - 0.5, pxs[j] * px - 0.5, float(v[j, 3]), core=0.0,
+                                         cyto=[(0.0, 0.0, r, r * (0.82 + 0.18 * v[j, 2]), float(angs[j]),
+                                                (0.02, 1.3, 0.45), 0.05, 0.4, None)], extent=r + px))
 
     def _make_stroma_cell(self, cls: int, y_um: float, x_um: float, mark: float, u: np.ndarray,
                           direction: float) -> _Cell:
@@ -390,8 +421,8 @@ class TissuePlane:
             ratio = 0.85 + 0.15 * u[1]
             return _Cell(cls, y, x, mark, core=r, lobes=[(0.0, 0.0, r * px, r * ratio * px, math.pi * u[2], amps,
                                                           phases, 0.0, 0.0)],
-                         density=1.15 + 0.3 * u[9], granularity=0.28, margination=0.1,
-                         cyto=[(0.0, 0.0, 1.22 * r * px, 1.22 * r * ratio * px, math.pi * u[2], (0.08, 0.1, 0.01),
+                         density=2.1 + 0.5 * u[9], granularity=0.25, margination=0.1,
+                         cyto=[(0.0, 0.0, 1.22 * r * px, 1.22 * r * ratio * px, math.pi * u[2], (0.2, 0.3, 0.02),
                                 0.1, 0.0, None)], extent=1.3 * r * px)
         if cls == PLASMA:
             r = 2.5 + 0.8 * u[0]
@@ -403,9 +434,9 @@ class TissuePlane:
             return _Cell(cls, y, x, mark, core=1.1 * r,
                          lobes=[(ny * px, nx * px, r * px, r * (0.85 + 0.15 * u[1]) * px, ang, amps, phases, 0.0,
                                  0.0)],
-                         density=1.0 + 0.25 * u[9], granularity=0.2, margination=0.2,
+                         density=1.8 + 0.4 * u[9], granularity=0.2, margination=0.2,
                          clock=(6 + int(3 * u[11]), 2 * math.pi * u[11], 0.35),
-                         cyto=[(0.0, 0.0, ca * px, cb * px, ang, (0.2, 0.2, 0.02), 0.12, 0.0,
+                         cyto=[(0.0, 0.0, ca * px, cb * px, ang, (0.45, 0.42, 0.03), 0.12, 0.0,
                                 (hy * px, hx * px, 0.7 * r * px))],
                          extent=(ca + 0.8) * px)
         if cls == NEUTROPHIL:
@@ -420,8 +451,8 @@ class TissuePlane:
                 lobes.append((arc_r * math.sin(t) * px, arc_r * math.cos(t) * px, r_l * px,
                               r_l * (0.75 + 0.2 * u[11]) * px, t + math.pi / 2, amps * 0.5, phases, 0.0, 0.0))
             cr = 4.6 + 0.8 * u[9]
-            return _Cell(cls, y, x, mark, core=3.2, lobes=lobes, density=1.2, granularity=0.15,
-                         cyto=[(0.0, 0.0, cr * px, cr * (0.85 + 0.15 * u[4]) * px, 0.0, (0.04, 0.24, 0.02), 0.2,
+            return _Cell(cls, y, x, mark, core=3.2, lobes=lobes, density=2.1, granularity=0.15,
+                         cyto=[(0.0, 0.0, cr * px, cr * (0.85 + 0.15 * u[4]) * px, 0.0, (0.08, 0.42, 0.03), 0.2,
                                 0.0, None)], extent=(cr + 0.8) * px)
         if cls == EOSINOPHIL:
             la, lb = 2.1 + 0.5 * u[0], 1.6 + 0.35 * u[1]
@@ -432,8 +463,8 @@ class TissuePlane:
                      (-dy * px, -dx * px, la * px, lb * px, ang - 0.2 * (u[10] - 0.5), amps, phases[::-1], 0.0,
                       0.0)]
             cr = 5.4 + 1.2 * u[9]
-            return _Cell(cls, y, x, mark, core=3.6, lobes=lobes, density=1.05, granularity=0.18,
-                         cyto=[(0.0, 0.0, cr * px, cr * (0.8 + 0.2 * u[4]) * px, ang, (0.03, 0.85, 0.2), 0.6,
+            return _Cell(cls, y, x, mark, core=3.6, lobes=lobes, density=1.8, granularity=0.18,
+                         cyto=[(0.0, 0.0, cr * px, cr * (0.8 + 0.2 * u[4]) * px, ang, (0.05, 1.2, 0.25), 0.5,
                                 0.0, None)], extent=(cr + 0.8) * px)
         # connective: spindle along the collagen fibres, slightly bent
         a = 5.5 + 4.0 * u[0]
@@ -441,7 +472,7 @@ class TissuePlane:
         ang = direction + 0.5 * (u[2] - 0.5)
         return _Cell(CONNECTIVE, y, x, mark, core=math.sqrt(a * b),
                      lobes=[(0.0, 0.0, a * px, b * px, ang, amps * 0.5, phases, 0.55, 0.7 * (u[10] - 0.5))],
-                     density=0.95 + 0.3 * u[9], granularity=0.15, extent=(a + 1.0) * px)
+                     density=1.7 + 0.4 * u[9], granularity=0.15, extent=(a + 1.0) * px)
 
     # ---- candidates for a window ----------------------------------------------------------------------------
     def cells_for(self, y0: int, x0: int, h: int, w: int) -> list[_Cell]:
@@ -454,9 +485,11 @@ class TissuePlane:
         for g in self.glands_in(ya, xa, yb, xb):
             cands.extend(self._gland_cells(g))
         size = self._NUC_CELL_UM
-        for cy in range(math.floor(ya / size), math.floor(yb / size) + 1):
-            for cx in range(math.floor(xa / size), math.floor(xb / size) + 1):
-                cands.extend(self._stroma_cells(cy, cx))
+        keys = [(cy, cx) for cy in range(math.floor(ya / size), math.floor(yb / size) + 1)
+                for cx in range(math.floor(xa / size), math.floor(xb / size) + 1)]
+        self._ensure_stroma(keys)
+        for key in keys:
+            cands.extend(self._cell_cache[key])
         nuclei = [c for c in cands if c.cls]
         others = [c for c in cands if not c.cls]
         alive = np.ones(len(nuclei), bool)
@@ -513,9 +546,9 @@ class TissuePlane:
         fibres *= np.clip(0.65 + 0.45 * med, 0.0, 1.6)
         fd = np.clip((self._fibre_density(Y, X) - 0.3) / 0.35, 0.15, 1.0).astype(np.float32)
         conc = np.empty((ch, cw, 3), np.float32)
-        conc[..., 0] = 0.03 + 0.008 * med
-        conc[..., 1] = 0.07 + 0.32 * fibres * fd + 0.02 * med
-        conc[..., 2] = 0.01
+        conc[..., 0] = 0.11 + 0.02 * med
+        conc[..., 1] = 0.3 + 0.55 * fibres * fd + 0.04 * med
+        conc[..., 2] = 0.02
 
         # Crypts: epithelial band, lumen, basement membrane.
         glands = self.glands_in(y_um[0] - 1, x_um[0] - 1, y_um[-1] + 1, x_um[-1] + 1)
@@ -537,12 +570,12 @@ class TissuePlane:
             f = fine[ia:ib, ja:jb]
             md = med[ia:ib, ja:jb]
             region = conc[ia:ib, ja:jb]
-            epi_c = np.stack([0.085 + 0.012 * f, 0.2 + 0.1 * apical + 0.03 * f, np.full_like(f, 0.012)], -1)
-            lum_c = np.stack([0.01 + 0.005 * np.abs(md), 0.025 + 0.03 * np.clip(md, 0, None),
-                              np.full_like(f, 0.004)], -1)
+            epi_c = np.stack([0.22 + 0.03 * f, 0.4 + 0.18 * apical + 0.05 * f, np.full_like(f, 0.02)], -1)
+            lum_c = np.stack([0.02 + 0.01 * np.abs(md), 0.04 + 0.05 * np.clip(md, 0, None),
+                              np.full_like(f, 0.005)], -1)
             inner = (1.0 - lumen)[..., None] * epi_c + lumen[..., None] * lum_c
             region[:] = (1.0 - epi)[..., None] * region + epi[..., None] * inner
-            region[..., 1] += 0.12 * bm * (1.0 - lumen)
+            region[..., 1] += 0.3 * bm * (1.0 - lumen)
 
         # Blank glass outside tissue.
         conc *= tissue[..., None]
@@ -664,7 +697,7 @@ class TissuePlane:
             d = d + extra * np.clip(nr - dist + 0.5, 0.0, 1.0)
         region = conc[si, sj]
         region[..., 0] += (alpha * d).astype(np.float32)
-        region[..., 1] += (0.05 * alpha).astype(np.float32)
+        region[..., 1] += (0.1 * alpha).astype(np.float32)
         if inst is not None:
             inst[si, sj][alpha >= 0.5] = ident
 

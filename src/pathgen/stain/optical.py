@@ -181,40 +181,49 @@ def tissue_mask(rgb, luminosity_threshold: float = 0.8):
 
 # ---------------------------------------------------------------------------------------------- background: I0
 def estimate_i0(pixels, top_fraction: float = 0.01, band: float = 0.03, min_luminosity: float = 0.85,
-                default: float = 255.0) -> np.ndarray:
-    """Background (illumination) intensity per channel, from the brightest pixels.
+                max_chroma: float = 6.0, default: float = 255.0) -> np.ndarray:
+    """Background (illumination) intensity per channel, from the brightest neutral pixels.
 
-    The brightest ``top_fraction`` of pixels fixes a reference lightness ``L_ref`` (its lower bound); every
-    pixel within ``band`` of it is background and the per-channel median of those pixels is I0. The band keeps
-    the estimate at the centre of the background cluster rather than at its noisy upper tail. When even the
-    brightest pixels are darker than ``min_luminosity`` (an image that is all tissue) there is no background to
-    measure and ``default`` is returned for every channel.
+    Background is bare glass: bright and nearly grey. Among pixels with CIELAB chroma ``sqrt(a² + b²) <
+    max_chroma``, the brightest ``top_fraction`` fixes a reference lightness ``L_ref`` (its lower bound); every
+    neutral pixel within ``band`` of it is background, and the per-channel median of those is I0. The band keeps
+    the estimate at the centre of the background cluster rather than at its noisy upper tail; the chroma limit
+    keeps faintly stained lumens (pink, chroma ≈ 8) from being taken for glass in images that are all tissue.
+    When no neutral pixel reaches ``min_luminosity`` there is no background to measure and ``default`` is
+    returned for every channel (pass I0 explicitly for scanners with strongly tinted glass).
 
     Parameters
     ----------
     pixels : array or tensor, (..., 3) uint8
         Any pixels: a whole image, tiles, or a uniform sample across a slide (including background).
     top_fraction : float
-        Fraction of brightest pixels that defines ``L_ref``.
+        Fraction of the brightest neutral pixels that defines ``L_ref``.
     band : float
-        Width (in L/100) of the background band below the brightest pixels.
+        Width (in L/100) of the background band below ``L_ref``.
     min_luminosity : float
         ``L/100`` the reference must reach to count as background.
+    max_chroma : float
+        Largest CIELAB chroma of a background pixel.
     default : float
         I0 used when there is no background.
 
     Returns
     -------
-    i0 : ndarray, (3,), float64, in [1, 255]
+    i0 : ndarray, (3,), float64, in [2, 255]
     """
     px = as_tensor(pixels).reshape(-1, 3)
+    fallback = np.full(3, float(default))
     if px.shape[0] == 0:
-        return np.full(3, float(default))
-    lum = as_tensor(luminosity(px)).to(torch.float32)
+        return fallback
+    lab = rgb_to_lab(px)
+    neutral = torch.linalg.vector_norm(lab[:, 1:], dim=1) < max_chroma
+    px, lum = px[neutral], lab[neutral, 0] / 100.0
+    if px.shape[0] == 0:
+        return fallback
     k = max(1, int(round(top_fraction * lum.numel())))
     l_ref = torch.topk(lum, k).values.min()
     if float(l_ref) < min_luminosity:
-        return np.full(3, float(default))
+        return fallback
     background = px[lum >= l_ref - band].to(torch.float32)
     i0 = background.median(dim=0).values.double().cpu().numpy()
     return np.clip(i0, 2.0, 255.0)
