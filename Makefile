@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pathgen.pipelines.demo
+	$(BIN)/pathgen run pipelines/demo.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

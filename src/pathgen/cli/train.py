@@ -28,7 +28,8 @@ def hovernet(
     lr: float = typer.Option(1e-4, "--lr", help="Initial Adam learning rate of each phase."),
     val_every: int = typer.Option(2, "--val-every", help="Validate every N epochs (and after the last)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Hold-out share when --val is not given."),
-    mpp: float = typer.Option(0.5, "--mpp", help="µm/px of the training tiles, stored with the model."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the training tiles, stored with the model "
+                                                            "(default: the dataset's, else 0.5)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off flips, rotations and colour jitter."),
     data_format: str = typer.Option("auto", "--format", help="auto | tiles | hovernet-mat | pannuke | conic."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, split, sampling, augmentation)."),

@@ -29,13 +29,14 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 def hash_uint64(seed: int, stream: int, *coords) -> np.ndarray:
     """A 64-bit hash of ``(seed, stream, *coords)`` for every element of the broadcast integer coordinates."""
-    arrays = np.broadcast_arrays(*[np.asarray(c, dtype=np.int64) for c in coords]) if coords else [np.zeros(())]
+    arrays = [np.asarray(c, dtype=np.int64) for c in coords]
+    shape = np.broadcast_shapes(*[a.shape for a in arrays]) if arrays else ()
     start = ((int(seed) & _MASK64) * 0x9E3779B97F4A7C15 + (int(stream) & _MASK64) * 0xD1B54A32D192ED03) & _MASK64
-    h = np.full(arrays[0].shape, start, dtype=np.uint64)
-    h = _mix(h)
+    start = int(_mix(np.array([start], dtype=np.uint64))[0])
+    h = np.full(shape, start, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for a in arrays:
-            h ^= np.array(a, dtype=np.int64).view(np.uint64) * _GOLDEN
+            h ^= a.view(np.uint64) * _GOLDEN  # int64 -> uint64 reinterpretation (negatives wrap)
             h = _mix(h)
     return h
 
@@ -48,6 +49,29 @@ def hash_uniform(seed: int, stream: int, *coords) -> np.ndarray:
 def cell_seed(seed: int, stream: int, *cell: int) -> int:
     """A 63-bit integer seed for ``numpy.random.default_rng`` owned by one grid cell."""
     return int(hash_uint64(seed, stream, *[np.int64(c) for c in cell]) >> np.uint64(1))
+
+
+def grid_sample(fn, y0: int, x0: int, height: int, width: int, mpp: float, step: int) -> np.ndarray:
+    """Evaluate a smooth field ``fn(y_um, x_um)`` on a pixel window via a coarse grid aligned to global pixel
+    multiples of ``step`` and bilinear interpolation.
+
+    Each pixel's value depends only on its global position, so overlapping windows agree bit for bit. Pixel
+    ``(i, j)`` sits at ``((i + 0.5) * mpp, (j + 0.5) * mpp)`` µm. Returns float64 (height, width).
+    """
+    gy = np.arange(y0 // step, (y0 + height - 1) // step + 2)
+    gx = np.arange(x0 // step, (x0 + width - 1) // step + 2)
+    coarse = np.asarray(fn(((gy * step) + 0.5)[:, None] * mpp, ((gx * step) + 0.5)[None, :] * mpp), np.float64)
+    py = np.arange(y0, y0 + height)
+    px = np.arange(x0, x0 + width)
+    iy = py // step - gy[0]
+    ix = px // step - gx[0]
+    ty = ((py % step) / step)[:, None]
+    tx = (px % step) / step
+    left = coarse[:, ix]
+    rows = left + tx * (coarse[:, ix + 1] - left)
+    top = rows[iy]
+    bottom = rows[iy + 1]
+    return top + ty * (bottom - top)
 
 
 def _smootherstep(t: np.ndarray) -> np.ndarray:
@@ -63,6 +87,8 @@ def value_noise(seed: int, stream: int, y: np.ndarray, x: np.ndarray, cell: floa
     """
     gy = np.asarray(y, dtype=np.float64) / cell
     gx = np.asarray(x, dtype=np.float64) / cell
+    if gy.size == 0 or gx.size == 0:
+        return np.zeros(np.broadcast_shapes(gy.shape, gx.shape))
     fy0 = np.floor(gy)
     fx0 = np.floor(gx)
     ty = _smootherstep(gy - fy0)
@@ -71,6 +97,18 @@ def value_noise(seed: int, stream: int, y: np.ndarray, x: np.ndarray, cell: floa
     ix = fx0.astype(np.int64)
     y_lo, y_hi = int(iy.min()), int(iy.max()) + 1
     x_lo, x_hi = int(ix.min()), int(ix.max()) + 1
+    if iy.ndim == 2 and ix.ndim == 2 and iy.shape[1] == 1 and ix.shape[0] == 1:
+        # Grid: blend along x on the few lattice rows, then gather rows and blend along y. Same arithmetic,
+        # in the same order, as the point formula below, so grids and points agree bit for bit.
+        lattice = hash_uniform(seed, stream, np.arange(y_lo, y_hi + 1)[:, None],
+                               np.arange(x_lo, x_hi + 1)[None, :])
+        rx = ix[0] - x_lo
+        left = lattice[:, rx]
+        rows = left + tx[0] * (lattice[:, rx + 1] - left)  # (lattice rows, W)
+        ry = iy[:, 0] - y_lo
+        top = rows[ry]
+        bottom = rows[ry + 1]
+        return top + ty * (bottom - top)
     n_out = int(np.prod(np.broadcast_shapes(iy.shape, ix.shape)))
     if (y_hi - y_lo + 1) * (x_hi - x_lo + 1) <= 4 * max(n_out, 1) + 64:
         # Dense lattice over the bounding box, then gather (grids, clustered points).
@@ -83,11 +121,11 @@ def value_noise(seed: int, stream: int, y: np.ndarray, x: np.ndarray, cell: floa
         v10 = lattice[ry + 1, rx]
         v11 = lattice[ry + 1, rx + 1]
     else:
-        # Scattered points: hash the four corners of each point directly (same values).
-        v00 = hash_uniform(seed, stream, iy, ix)
-        v01 = hash_uniform(seed, stream, iy, ix + 1)
-        v10 = hash_uniform(seed, stream, iy + 1, ix)
-        v11 = hash_uniform(seed, stream, iy + 1, ix + 1)
+        # Scattered points: hash the four corners of each point directly (same values), in one call.
+        iy, ix = np.broadcast_arrays(iy, ix)
+        corners = hash_uniform(seed, stream, np.stack([iy, iy, iy + 1, iy + 1]),
+                               np.stack([ix, ix + 1, ix, ix + 1]))
+        v00, v01, v10, v11 = corners
     top = v00 + tx * (v01 - v00)
     bottom = v10 + tx * (v11 - v10)
     return top + ty * (bottom - top)
@@ -118,17 +156,36 @@ def filtered_noise(seed: int, stream: int, y0: int, x0: int, height: int, width:
     The white noise is hashed from global pixel indices and padded by the filter radius before filtering, so
     overlapping windows agree exactly. ``sigma`` in pixels (0 gives unfiltered noise). Returns float32 (h, w).
     """
-    r = _gauss_radius(sigma) if sigma > 0 else 0
-    ys = np.arange(y0 - r, y0 + height + r)
-    xs = np.arange(x0 - r, x0 + width + r)
-    white = (hash_uniform(seed, stream, ys[:, None], xs[None, :]) - 0.5).astype(np.float32) * np.float32(12 ** 0.5)
-    if r == 0:
-        return white
-    out = ndi.gaussian_filter(white, sigma, mode="nearest")[r:r + height, r:r + width]
-    # A separable Gaussian shrinks the variance of white noise by (sum of squared 1-D weights)^2.
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    return out / np.float32(np.sum(k ** 2))
+    return filtered_noises(seed, stream, y0, x0, height, width, (sigma,))[0]
+
+
+def filtered_noises(seed: int, stream: int, y0: int, x0: int, height: int, width: int,
+                    sigmas: tuple[float, ...]) -> list[np.ndarray]:
+    """Up to four independent :func:`filtered_noise` fields (one per sigma) from a single 64-bit hash per pixel,
+    split into four 16-bit uniforms. Returns a list of float32 (h, w) arrays with unit standard deviation."""
+    if not 1 <= len(sigmas) <= 4:
+        raise ValueError("one to four sigmas")
+    radii = [_gauss_radius(sg) if sg > 0 else 0 for sg in sigmas]
+    r_max = max(radii)
+    ys = np.arange(y0 - r_max, y0 + height + r_max)
+    xs = np.arange(x0 - r_max, x0 + width + r_max)
+    bits = hash_uint64(seed, stream, ys[:, None], xs[None, :])
+    out = []
+    scale = np.float32(12 ** 0.5 / 65536.0)
+    for k, (sigma, r) in enumerate(zip(sigmas, radii)):
+        chunk = ((bits >> np.uint64(16 * k)) & np.uint64(0xFFFF)).astype(np.float32)
+        white = (chunk - np.float32(32767.5)) * scale
+        lo = r_max - r
+        white = white[lo:white.shape[0] - lo, lo:white.shape[1] - lo]
+        if r == 0:
+            out.append(np.ascontiguousarray(white))
+            continue
+        filt = ndi.gaussian_filter(white, sigma, mode="nearest")[r:r + height, r:r + width]
+        # A separable Gaussian shrinks the variance of white noise by (sum of squared 1-D weights)^2.
+        kern = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+        kern /= kern.sum()
+        out.append(filt / np.float32(np.sum(kern ** 2)))
+    return out
 
 
 def fbm_quantile(q: float, octaves: int = 3, gain: float = 0.5, samples: int = 20000) -> float:

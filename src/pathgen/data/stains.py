@@ -11,7 +11,8 @@ with ``s`` the site's concentration scale. Rendering the same ``C`` at two sites
 scanned in two places.
 
 The site vectors are Ruifrok & Johnston's H&E(DAB) vectors (H ≈ (0.65, 0.70, 0.29), E ≈ (0.07, 0.99, 0.11),
-DAB ≈ (0.27, 0.57, 0.78), normalised) each rotated by 0–15° towards one RGB axis: rotating H towards red gives a
+DAB ≈ (0.27, 0.57, 0.78), normalised) each rotated by 0–15° towards one RGB axis (angles in each
+site's description): rotating H towards red gives a
 bluer haematoxylin, towards blue a greyer, purple one; rotating E towards blue gives an orange-red eosin, towards
 red a purple-pink one.
 """
@@ -82,21 +83,21 @@ def _site(name, h, e, r, i0, scale, description) -> SiteStain:
 
 # Vectors: Ruifrok's rotated as described in the module docstring (rounded to 3 decimals, renormalised).
 SITES: dict[str, SiteStain] = {
-    "A": _site("A", (0.676, 0.683, 0.277), (0.071, 0.982, 0.174), (0.268, 0.570, 0.776),
+    "A": _site("A", (0.676, 0.683, 0.277), (0.070, 0.959, 0.276), (0.268, 0.570, 0.776),
                (244.0, 242.0, 246.0), (1.0, 1.0, 1.0),
-               "balanced reference: H 2 deg to red, E 4 deg to blue"),
-    "B": _site("B", (0.617, 0.668, 0.417), (0.069, 0.948, 0.310), (0.251, 0.640, 0.726),
+               "balanced reference: H 2 deg to red, E 10 deg to blue"),
+    "B": _site("B", (0.617, 0.668, 0.417), (0.068, 0.931, 0.359), (0.251, 0.640, 0.726),
                (238.0, 233.0, 235.0), (0.9, 1.2, 1.0),
-               "eosin-heavy, warm light: purple-grey H 8 deg to blue, orange-red E 12 deg to blue"),
-    "C": _site("C", (0.772, 0.589, 0.239), (0.176, 0.979, 0.104), (0.238, 0.507, 0.828),
+               "eosin-heavy, warm light: purple-grey H 8 deg to blue, red E 15 deg to blue"),
+    "C": _site("C", (0.772, 0.589, 0.239), (0.124, 0.987, 0.105), (0.238, 0.507, 0.828),
                (235.0, 238.0, 247.0), (1.25, 0.8, 1.0),
-               "haematoxylin-heavy, cool light: blue H 10 deg to red, purple-pink E 6 deg to red"),
-    "D": _site("D", (0.584, 0.632, 0.509), (0.227, 0.968, 0.103), (0.400, 0.543, 0.739),
-               (249.0, 247.0, 248.0), (0.7, 0.7, 0.8),
-               "pale, faded: grey H 14 deg to blue, pink E 9 deg to red, bright light"),
-    "E": _site("E", (0.794, 0.563, 0.229), (0.068, 0.931, 0.359), (0.232, 0.704, 0.671),
+               "haematoxylin-heavy, cool light: blue H 10 deg to red, magenta E 3 deg to red"),
+    "D": _site("D", (0.584, 0.632, 0.509), (0.071, 0.975, 0.209), (0.400, 0.543, 0.739),
+               (249.0, 247.0, 248.0), (0.65, 0.65, 0.8),
+               "pale, faded: grey H 14 deg to blue, pink E 6 deg to blue, bright light"),
+    "E": _site("E", (0.794, 0.563, 0.229), (0.069, 0.943, 0.326), (0.232, 0.704, 0.671),
                (228.0, 226.0, 233.0), (1.3, 1.2, 1.2),
-               "dark, over-stained: blue H 12 deg to red, red E 15 deg to blue, dim light"),
+               "dark, over-stained: blue H 12 deg to red, red E 13 deg to blue, dim light"),
 }
 
 

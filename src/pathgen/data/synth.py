@@ -19,13 +19,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from pathgen.data import noise
 from pathgen.data.stains import SITES, SiteStain, get_site, image_od, render_rgb, stain_od
 from pathgen.data.tissue import CLASS_NAMES, TissueParams, TissuePlane, clean_instances
 from pathgen.errors import PathgenError
 
 __all__ = ["CLASS_NAMES", "SITES", "SiteStain", "SynthTile", "TissueParams", "render_rgb", "render_tile",
-           "stain_od", "image_od", "tile_seed", "write_tile_dataset", "write_synthetic_slide", "slide_rows",
-           "aperio_description"]
+           "stain_od", "image_od", "tile_seed", "tile_origin", "write_tile_dataset", "write_synthetic_slide", "slide_rows",
+           "aperio_description", "render_slide_row", "slide_plane"]
 
 
 @dataclass
@@ -46,6 +47,8 @@ class SynthTile:
     seed : int
     mpp : float
         µm per pixel.
+    origin : (int, int)
+        Pixel position of the tile's top-left corner in the seed's procedural plane.
     """
 
     image: np.ndarray
@@ -55,6 +58,7 @@ class SynthTile:
     site: SiteStain
     seed: int = 0
     mpp: float = 0.5
+    origin: tuple[int, int] = (0, 0)
 
 
 def _check_size(size: int, what: str = "size") -> int:
@@ -89,9 +93,27 @@ def render_tile(size: int = 256, seed: int = 0, site: str | SiteStain = "A", mpp
         raise PathgenError(f"mpp must be positive, got {mpp}")
     s = get_site(site)
     plane = TissuePlane(seed, mpp, params)
-    conc, raw, classes_of = plane.render(0, 0, size, size, labels=True)
+    oy, ox = tile_origin(plane, size)
+    conc, raw, classes_of = plane.render(oy, ox, size, size, labels=True)
     instances, classes = clean_instances(raw, classes_of)
-    return SynthTile(render_rgb(conc, s), instances, classes, conc, s, int(seed), float(mpp))
+    return SynthTile(render_rgb(conc, s), instances, classes, conc, s, int(seed), float(mpp), (oy, ox))
+
+
+def tile_origin(plane: TissuePlane, size: int, tries: int = 64) -> tuple[int, int]:
+    """Where a tile of the plane is cut: the first of a seeded sequence of positions whose centre is tissue.
+
+    Tiles therefore always show tissue; some still reach a tissue edge and show blank glass there. Returns the
+    ``(y, x)`` pixel origin (the last candidate if none of ``tries`` hits tissue).
+    """
+    extent = 200_000  # px: far apart positions sample independent stretches of the plane
+    u = noise.hash_uniform(plane.seed, 999, np.arange(tries), np.arange(2)[:, None])  # (2, tries)
+    oy = (u[0] * extent).astype(np.int64)
+    ox = (u[1] * extent).astype(np.int64)
+    centre_y = (oy + size / 2) * plane.mpp
+    centre_x = (ox + size / 2) * plane.mpp
+    ok = np.flatnonzero(plane.tissue_field(centre_y, centre_x) > plane.threshold + 0.01)
+    k = int(ok[0]) if len(ok) else tries - 1
+    return int(oy[k]), int(ox[k])
 
 
 def tile_seed(seed: int, index: int) -> int:
@@ -221,42 +243,102 @@ def slide_plane(width: int, height: int, seed: int = 0, mpp: float = 0.5, tissue
 
 
 def _tile_is_blank(plane: TissuePlane, y0: int, x0: int, h: int, w: int) -> bool:
-    """True if no tissue can reach the window (coarse check with a safety margin on the smooth field)."""
+    """True if no tissue can reach the pixel window.
+
+    The tissue field is sampled every 2 µm over the window grown by the farthest any object or filter reaches
+    (20 µm); between samples it can rise by at most its Lipschitz bound times half the sample diagonal. Tissue
+    (and every object, which only exists where the field is above the threshold) needs the field within 0.002
+    of the threshold, so a window whose samples all stay below ``threshold - 0.003 - slack`` renders as blank
+    glass exactly.
+    """
     m = plane.mpp
-    margin_um = 25.0
-    ys = np.linspace(y0 * m - margin_um, (y0 + h) * m + margin_um, 9)
-    xs = np.linspace(x0 * m - margin_um, (x0 + w) * m + margin_um, 9)
+    margin_um = 20.0
+    ya, yb = y0 * m - margin_um, (y0 + h) * m + margin_um
+    xa, xb = x0 * m - margin_um, (x0 + w) * m + margin_um
+    quick = plane.tissue_field(np.linspace(ya, yb, 9)[:, None], np.linspace(xa, xb, 9)[None, :])
+    if quick.max() > plane.threshold:
+        return False
+    step = 2.0
+    ys = np.arange(ya, yb + step, step)
+    xs = np.arange(xa, xb + step, step)
     f = plane.tissue_field(ys[:, None], xs[None, :])
-    # The field changes by well under 0.05 across a 1/8 window step (its finest octave is ≥ 60 µm at any
-    # supported slide size), so this margin is conservative.
-    slack = 0.05 + 0.5 * (max(h, w) * m / 8) / (plane.params.tissue_scale_um / 8)
-    return bool(f.max() < plane.threshold - slack)
+    slack = plane.tissue_field_lipschitz() * step * math.sqrt(0.5)
+    return bool(f.max() + slack < plane.threshold - 0.003)
+
+
+def render_slide_row(plane: TissuePlane, site: SiteStain, y0: int, width: int, height: int,
+                     tile_size: int) -> np.ndarray:
+    """Render the tile row starting at pixel row ``y0``: ``(min(tile_size, height - y0), width, 3)`` uint8, one
+    ``tile_size²`` window at a time; blank-glass tiles are filled without rendering."""
+    blank = np.asarray(np.rint(np.asarray(site.i0)), np.uint8)
+    h = min(tile_size, height - y0)
+    row = np.empty((h, width, 3), np.uint8)
+    for x0 in range(0, width, tile_size):
+        w = min(tile_size, width - x0)
+        if _tile_is_blank(plane, y0, x0, h, w):
+            row[:, x0:x0 + w] = blank
+        else:
+            conc, _, _ = plane.render(y0, x0, h, w, labels=False)
+            row[:, x0:x0 + w] = render_rgb(conc, site)
+    return row
 
 
 def slide_rows(plane: TissuePlane, site: SiteStain, width: int, height: int, tile_size: int,
                progress=None) -> Iterator[np.ndarray]:
     """Yield the slide top to bottom as ``(rows, width, 3)`` uint8 blocks of ``tile_size`` rows (the last may be
-    shorter), rendering one ``tile_size²`` window at a time; blank-glass tiles are filled without rendering."""
-    blank = np.asarray(np.rint(np.asarray(site.i0)), np.uint8)
+    shorter); see :func:`render_slide_row`."""
+    per_row = math.ceil(width / tile_size)
     for y0 in range(0, height, tile_size):
-        h = min(tile_size, height - y0)
-        row = np.empty((h, width, 3), np.uint8)
-        for x0 in range(0, width, tile_size):
-            w = min(tile_size, width - x0)
-            if _tile_is_blank(plane, y0, x0, h, w):
-                row[:, x0:x0 + w] = blank
-            else:
-                conc, _, _ = plane.render(y0, x0, h, w, labels=False)
-                row[:, x0:x0 + w] = render_rgb(conc, site)
+        yield render_slide_row(plane, site, y0, width, height, tile_size)
+        if progress is not None:
+            progress.advance(per_row)
+
+
+_WORKER_PLANES: dict[tuple, TissuePlane] = {}
+
+
+def _worker_row(args) -> np.ndarray:
+    """Process-pool task: one tile row (the plane is built once per worker process and reused)."""
+    key, site, y0, width, height, tile_size = args
+    if key not in _WORKER_PLANES:
+        _WORKER_PLANES.clear()
+        _WORKER_PLANES[key] = slide_plane(*key)
+    return render_slide_row(_WORKER_PLANES[key], site, y0, width, height, tile_size)
+
+
+def _parallel_slide_rows(key: tuple, site: SiteStain, width: int, height: int, tile_size: int, workers: int,
+                         progress=None) -> Iterator[np.ndarray]:
+    """Like :func:`slide_rows` with rows rendered by ``workers`` processes; at most ``workers + 1`` rows are in
+    flight, so memory stays bounded whatever the slide height."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    per_row = math.ceil(width / tile_size)
+    starts = iter(range(0, height, tile_size))
+    import multiprocessing
+
+    # Not "fork": the writer may already run threads in this process.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
+        pending: deque = deque()
+        for y0 in starts:
+            pending.append(pool.submit(_worker_row, (key, site, y0, width, height, tile_size)))
+            if len(pending) > workers:
+                break
+        while pending:
+            row = pending.popleft().result()
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append(pool.submit(_worker_row, (key, site, nxt, width, height, tile_size)))
+            yield row
             if progress is not None:
-                progress.advance(1)
-        yield row
+                progress.advance(per_row)
 
 
 def write_synthetic_slide(path: str | os.PathLike, width: int, height: int, seed: int = 0,
                           site: str | SiteStain = "A", tile_size: int = 512, mpp: float = 0.5,
                           tissue_fraction: float = 0.45, fmt: str = "svs", quality: int = 90,
-                          overwrite: bool = False) -> Path:
+                          overwrite: bool = False, workers: int = 1) -> Path:
     """Write a multi-level synthetic H&E slide of any size, tile row by tile row, without holding it in memory.
 
     Parameters
@@ -278,10 +360,13 @@ def write_synthetic_slide(path: str | os.PathLike, width: int, height: int, seed
         pyramidal TIFF.
     quality : int
         JPEG quality.
+    workers : int
+        Processes rendering tile rows in parallel (1: in this process). Rows still reach the writer in order
+        and at most ``workers + 1`` are held at once.
 
     Returns
     -------
-    Path of the written slide.
+    Path of the written slide. The pixels do not depend on ``workers`` or ``tile_size``.
     """
     from pathgen.io.pyramid import write_pyramid
     from pathgen.progress import progress_bar
@@ -293,14 +378,20 @@ def write_synthetic_slide(path: str | os.PathLike, width: int, height: int, seed
         raise PathgenError(f"mpp must be positive, got {mpp}")
     if fmt not in ("svs", "tiff"):
         raise PathgenError(f"unknown slide format {fmt!r} (choose svs or tiff)")
+    workers = _check_size(workers, "workers")
     s = get_site(site)
-    plane = slide_plane(width, height, seed, mpp, tissue_fraction)
+    key = (width, height, int(seed), float(mpp), float(tissue_fraction))
+    plane = slide_plane(*key)  # validates the tissue fraction before any output is opened
     description = aperio_description(width, height, tile_size, quality, mpp) if fmt == "svs" else None
     n_tiles = math.ceil(width / tile_size) * math.ceil(height / tile_size)
     with progress_bar(n_tiles, "synthesising slide", unit="tiles") as bar:
-        return write_pyramid(path, slide_rows(plane, s, width, height, tile_size, bar), shape=(height, width, 3),
-                             dtype=np.uint8, tile_size=tile_size, mpp=(mpp, mpp), compression="jpeg",
-                             quality=quality, description=description, overwrite=overwrite)
+        if workers > 1:
+            rows = _parallel_slide_rows(key, s, width, height, tile_size, workers, bar)
+        else:
+            rows = slide_rows(plane, s, width, height, tile_size, bar)
+        return write_pyramid(path, rows, shape=(height, width, 3), dtype=np.uint8, tile_size=tile_size,
+                             mpp=(mpp, mpp), compression="jpeg", quality=quality, description=description,
+                             overwrite=overwrite)
 
 
 def dataset_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path, Path]]:

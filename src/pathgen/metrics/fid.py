@@ -80,8 +80,25 @@ def _check_features(a: np.ndarray, b: np.ndarray, minimum: int) -> tuple[np.ndar
     return x, y
 
 
+def _covariance_factor(x: np.ndarray) -> np.ndarray:
+    """A matrix F with ``F Fᵀ = cov(x)`` (ddof 1): the scaled centred data when N <= D, else a Cholesky factor."""
+    n, d = x.shape
+    centred = x - x.mean(0)
+    if n <= d:
+        return centred.T / np.sqrt(n - 1)
+    cov = centred.T @ centred / (n - 1)
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:  # singular covariance
+        return _sqrtm_psd(cov)
+
+
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     """FID between two feature sets.
+
+    Uses ``tr((Σa^½ Σb Σa^½)^½) = ‖Faᵀ Fb‖_*`` (nuclear norm) for any factors ``Σ = F Fᵀ``, which equals
+    :func:`frechet_distance` on the sample means and covariances but needs only a small SVD when there are
+    fewer images than feature dimensions.
 
     Parameters
     ----------
@@ -92,7 +109,10 @@ def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     float
     """
     x, y = _check_features(a, b, 2)
-    return frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    fa, fb = _covariance_factor(x), _covariance_factor(y)
+    tr_covmean = float(np.linalg.svd(fa.T @ fb, compute_uv=False).sum())
+    diff = x.mean(0) - y.mean(0)
+    return float(diff @ diff + np.sum(fa * fa) + np.sum(fb * fb) - 2.0 * tr_covmean)
 
 
 def mmd2_polynomial_unbiased(x: np.ndarray, y: np.ndarray) -> float:
@@ -359,7 +379,8 @@ def load_inception(path: str | os.PathLike) -> tuple[InceptionV3Pool3, str]:
                            f"({named.group(1)}); the file is corrupt or not the named weights", p)
     state = {k: v for k, v in read_state_dict(p).items()
              if not k.endswith("num_batches_tracked") and not k.startswith("AuxLogits.")}
-    model = InceptionV3Pool3()
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        model = InceptionV3Pool3()
     expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -371,7 +392,9 @@ def load_inception(path: str | os.PathLike) -> tuple[InceptionV3Pool3, str]:
     if wrong:
         raise PathgenError(f"tensor {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected "
                            f"{tuple(expected[wrong[0]])}", p)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    full = {k: state[k].float().contiguous() if k in state else torch.zeros((), dtype=torch.long)
+            for k in model.state_dict()}
+    model.load_state_dict(full, strict=True, assign=True)
     return model.eval(), digest
 
 

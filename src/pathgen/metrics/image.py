@@ -8,8 +8,9 @@ image and its source: both images in [0, 1] are converted to grayscale ``0.299 R
 * local statistics by filtering with reflect padding ("same" size output; kornia ``filter2d`` default
   ``border_type='reflect'``, i.e. mirror without repeating the edge pixel, scipy ``mode='mirror'``);
 * ``C1 = (0.01 L)², C2 = (0.03 L)²`` with L the data range (1 for images scaled to [0, 1]);
-* the map ``((2 μx μy + C1)(2 σxy + C2)) / ((μx² + μy² + C1)(σx² + σy² + C2) + 1e-12)``, where the σ are biased
-  local (co)variances ``E[xy] - E[x]E[y]``;
+* the map ``((2 μx μy + C1)(2 σxy + C2)) / ((μx² + μy² + C1)(σx² + σy² + C2))``, where the σ are biased
+  local (co)variances ``E[xy] - E[x]E[y]``. The denominator is at least C1·C2 > 0, so no extra epsilon is added
+  (recent kornia adds 1e-12, which lowers flat identical regions by up to ~1e-5);
 * the score is the mean of the map (SAASN's ``1 - 2·loss``). Older kornia releases clamped the map to [0, 1]
   inside the loss; ``clip_negative=True`` reproduces that (it matters only where local SSIM < 0).
 
@@ -104,7 +105,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 1.0, window_size:
     cov = _filter(x * y, taps) - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)
-    return num / (den + 1e-12)
+    return num / den
 
 
 def ssim_gray(a: np.ndarray, b: np.ndarray, data_range: float | None = None, window_size: int = 11,

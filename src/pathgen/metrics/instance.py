@@ -34,7 +34,7 @@ from pathgen.errors import PathgenError
 
 # The reference's smoothing constant in SQ, in the AJI ranking, and (CoNIC) in DQ.
 REFERENCE_EPS = 1.0e-6
-# Above this many (n_true + 1) * (n_pred + 1) cells the pair table is built by sorting instead of a dense count.
+# Above this many (n_true + 1) * (n_pred + 1) cells the pair table is always built by sorting (memory bound).
 _DENSE_TABLE_LIMIT = 1 << 24
 
 
@@ -115,25 +115,26 @@ def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def _dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Renumber a flat label array to 0..n (order kept). Returns (dense int64 labels, ids, areas)."""
-    flat = labels.ravel()
+def _label_index(flat: np.ndarray):
+    """Index the labels of a flat array: (ids, areas, to_dense) where ``to_dense(mask)`` gives the labels of the
+    pixels selected by ``mask`` renumbered 1..n in ascending id order (0 stays 0)."""
     if flat.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), lambda mask: np.zeros(0, np.int64)
     top = int(flat.max())
     if top <= max(4 * flat.size, 1 << 20):
-        counts = np.bincount(flat.astype(np.intp, copy=False), minlength=top + 1)
+        values = flat if flat.dtype.kind == "i" or flat.dtype.itemsize < 8 else flat.astype(np.intp)
+        counts = np.bincount(values, minlength=top + 1)
         counts[0] = 0
         ids = np.flatnonzero(counts)
-        lut = np.zeros(top + 1, np.int64)
+        lut = np.zeros(top + 1, np.int32 if ids.size < 2**31 - 1 else np.int64)
         lut[ids] = np.arange(1, ids.size + 1)
-        return lut[flat], ids.astype(np.int64), counts[ids].astype(np.int64)
+        return ids.astype(np.int64), counts[ids].astype(np.int64), lambda mask: lut[values[mask]]
     # Sparse huge labels: sort once.
     uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel().astype(np.int64)
     if uniq[0] == 0:
-        dense = inverse.astype(np.int64)
-        return dense, uniq[1:].astype(np.int64), counts[1:].astype(np.int64)
-    return inverse.astype(np.int64) + 1, uniq.astype(np.int64), counts.astype(np.int64)
+        return uniq[1:].astype(np.int64), counts[1:].astype(np.int64), lambda mask: inverse[mask]
+    return uniq.astype(np.int64), counts.astype(np.int64), lambda mask: inverse[mask] + 1
 
 
 def pairwise_overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
@@ -152,12 +153,15 @@ def pairwise_overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
     p = _as_label_map(pred, "pred")
     if t.shape != p.shape:
         raise PathgenError(f"true and pred maps differ in shape: {t.shape} vs {p.shape}")
-    t_dense, t_ids, t_area = _dense_labels(t)
-    p_dense, p_ids, p_area = _dense_labels(p)
+    t_flat, p_flat = t.ravel(), p.ravel()
+    t_ids, t_area, t_dense = _label_index(t_flat)
+    p_ids, p_area, p_dense = _label_index(p_flat)
     n_t, n_p = t_ids.size, p_ids.size
-    both = (t_dense > 0) & (p_dense > 0)
-    key = t_dense[both] * (n_p + 1) + p_dense[both]
-    if (n_t + 1) * (n_p + 1) <= _DENSE_TABLE_LIMIT:
+    both = (t_flat > 0) & (p_flat > 0)
+    key = t_dense(both).astype(np.int64) * (n_p + 1) + p_dense(both)
+    cells_total = (n_t + 1) * (n_p + 1)
+    # A dense count beats sorting only while the table is not much larger than the number of overlap pixels.
+    if cells_total <= min(_DENSE_TABLE_LIMIT, max(4 * key.size, 1 << 16)):
         table = np.bincount(key, minlength=(n_t + 1) * (n_p + 1))
         cells = np.flatnonzero(table)
         inter = table[cells]
@@ -183,8 +187,9 @@ def remap_label(labels: np.ndarray) -> np.ndarray:
     ndarray of int32, same shape
     """
     arr = _as_label_map(labels, "input")
-    dense, _, _ = _dense_labels(arr)
-    return dense.reshape(arr.shape).astype(np.int32)
+    flat = arr.ravel()
+    _, _, to_dense = _label_index(flat)
+    return np.asarray(to_dense(np.ones(flat.size, bool))).reshape(arr.shape).astype(np.int32)
 
 
 def _unique_matching(pair_true: np.ndarray, pair_pred: np.ndarray, weight: np.ndarray,

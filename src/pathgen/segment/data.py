@@ -36,6 +36,9 @@ class NucleiSample:
     image : (H, W, 3) uint8 RGB
     instances : (H, W) int32 labels, 0 = background
     classes : (H, W) uint8 type per pixel (0 = background), or None when the dataset has no types
+
+    Datasets (sequences of samples) also carry ``has_classes``, ``class_names`` (by id, 0 = background; empty
+    when unknown) and ``mpp`` (None when unknown).
     """
 
     name: str
@@ -99,6 +102,7 @@ class TileFolderDataset(Sequence[NucleiSample]):
         self._inst = inst_files
         self._cls = ({p.stem: p for p in cls_dir.glob("*.png")} if cls_dir.is_dir() else {})
         self.has_classes = bool(self._cls) and all(n in self._cls for n in names)
+        self.class_names, self.mpp = _dataset_description(self.root)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -130,13 +134,38 @@ class TileFolderDataset(Sequence[NucleiSample]):
         return _check_sample(NucleiSample(name, image, instances, classes), img_path)
 
 
+def _dataset_description(root: Path) -> tuple[tuple[str, ...], float | None]:
+    """Class names (by id, 0 = background) and mpp from the generator's ``dataset.json``, when present."""
+    meta = root / "dataset.json"
+    if not meta.is_file():
+        return (), None
+    import json
+
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, ValueError) as exc:
+        raise PathgenError(f"unreadable dataset description ({exc})", meta) from exc
+    classes = data.get("classes") or {}
+    names: tuple[str, ...] = ()
+    if isinstance(classes, dict) and classes:
+        ids = sorted(int(k) for k in classes)
+        if ids == list(range(len(ids))):
+            names = tuple(str(classes[str(i)]) for i in ids)
+    elif isinstance(classes, list):
+        names = tuple(str(c) for c in classes)
+    mpp = data.get("mpp")
+    return names, (float(mpp) if isinstance(mpp, (int, float)) and mpp > 0 else None)
+
+
 class ListDataset(Sequence[NucleiSample]):
     """Samples held in memory (e.g. from a format reader or a generator)."""
 
-    def __init__(self, samples: Sequence[NucleiSample], has_classes: bool | None = None):
+    def __init__(self, samples: Sequence[NucleiSample], has_classes: bool | None = None,
+                 class_names: Sequence[str] = (), mpp: float | None = None):
         self.samples = [_check_sample(s, s.name) for s in samples]
         self.has_classes = (all(s.classes is not None for s in self.samples) if has_classes is None
                             else has_classes)
+        self.class_names, self.mpp = tuple(class_names), mpp
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -151,6 +180,8 @@ class Subset(Sequence[NucleiSample]):
     def __init__(self, base: Sequence[NucleiSample], indices: Sequence[int]):
         self.base, self.indices = base, list(indices)
         self.has_classes = getattr(base, "has_classes", False)
+        self.class_names = getattr(base, "class_names", ())
+        self.mpp = getattr(base, "mpp", None)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -292,11 +323,20 @@ def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,
 
 
 def count_types(dataset: Sequence[NucleiSample]) -> int:
-    """Number of TP channels the dataset needs (largest class + 1), 0 when it has no classes."""
+    """Number of TP channels the dataset needs, background included; 0 when it has no classes.
+
+    The number of named classes when the dataset names them (so a class absent from a small set still gets
+    its channel), else the largest class present + 1.
+    """
     if not getattr(dataset, "has_classes", False):
         return 0
     top = 0
     for s in dataset:
         if s.classes is not None and s.classes.size:
             top = max(top, int(s.classes[s.instances > 0].max(initial=0)))
+    names = getattr(dataset, "class_names", ())
+    if names and top >= len(names):
+        raise PathgenError(f"class {top} found but the dataset names only {len(names)} classes")
+    if names and len(names) > 1:
+        return len(names)
     return top + 1 if top > 0 else 0

@@ -82,8 +82,9 @@ class TrainConfig:
         Seeds weights, hold-out split, patch sampling and augmentation.
     pretrained : str or None
         Local file with encoder weights (safetensors or torch state dict).
-    mpp : float
-        Microns per pixel of the training images, stored with the model.
+    mpp : float or None
+        Microns per pixel of the training images, stored with the model; None = the dataset's (its
+        ``dataset.json``), else 0.5.
     hv_min_size : int
         Instances smaller than this (pixels) get no HV target (reference: 30).
     augment : AugmentConfig or None
@@ -105,7 +106,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     pretrained: str | None = None
-    mpp: float = 0.5
+    mpp: float | None = None
     hv_min_size: int = 30
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     device: str = "cpu"
@@ -404,12 +405,10 @@ def _open(data, data_format: str = "auto") -> Sequence[NucleiSample]:
     return data
 
 
-def _type_names(dataset) -> tuple[str, ...]:
-    names = getattr(dataset, "type_names", None)
-    if names:
-        return tuple(names)
-    base = getattr(dataset, "base", None)
-    return _type_names(base) if base is not None else ()
+def _type_names(dataset, nr_types: int) -> tuple[str, ...]:
+    """Names of types 1..nr_types-1 from the dataset's class names, () when it does not name them all."""
+    names = tuple(getattr(dataset, "class_names", ()) or ())
+    return names[1:nr_types] if len(names) >= nr_types > 1 else ()
 
 
 def train_hovernet(data, run: str | os.PathLike, config: TrainConfig = TrainConfig(), val=None,
@@ -497,9 +496,8 @@ def train_hovernet(data, run: str | os.PathLike, config: TrainConfig = TrainConf
                                f"needs {nr_types}", run)
     else:
         torch.manual_seed(config.seed)
-        names = _type_names(train_set)
-        mcfg = preset_config(config.preset, nr_types=nr_types, mpp=config.mpp,
-                             type_names=names if with_types and len(names) == nr_types - 1 else ())
+        mpp = config.mpp or getattr(train_set, "mpp", None) or 0.5
+        mcfg = preset_config(config.preset, nr_types=nr_types, mpp=mpp, type_names=_type_names(train_set, nr_types))
         model = build_model(mcfg, config.pretrained).to(device)
         from pathgen.config import versions, write_json_atomic
 

@@ -1,0 +1,191 @@
+"""SAASN benchmark: Table-4.1-style structure preservation plus a colour-distribution distance.
+
+Steps (each a sub-command; ``all`` runs them in order)::
+
+    python benchmarks/bench_saasn.py prepare     # tiles of the sample data -> benchmarks/work/saasn/{train,test}
+    python benchmarks/bench_saasn.py train       # SAASN and the CycleGAN ablation, CPU, one thread each
+    python benchmarks/bench_saasn.py eval        # table -> stdout, JSON, and a section of RESULTS.md
+
+Sites. Sources X: generated tissue at sites B (eosin-heavy, warm light), C (haematoxylin-heavy, cool light) and
+D (pale, faded), plus the real slide ``cmu_small_region.svs`` (0.499 µm/px). Target Y: the real image
+``target_image.png``. Real images are split by position so test tiles never overlap training tiles: the slide's
+top two thirds train and its bottom third tests; the target image's columns x < 700 train and x >= 700 test.
+Generated sites use disjoint tile seeds for training and testing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+WORK = HERE / "work" / "saasn"
+TILE = 256
+SYNTH_SITES = ("B", "C", "D")
+SYNTH_TRAIN, SYNTH_TEST = 300, 50
+
+
+def _save(folder: Path, name: str, tile: np.ndarray) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(tile).save(folder / f"{name}.png", format="PNG")
+
+
+def _tissue_share(tile: np.ndarray) -> float:
+    from skimage.color import rgb2lab
+
+    return float((rgb2lab(tile)[..., 0] < 80).mean())
+
+
+def prepare(work: Path = WORK) -> None:
+    """Write 256-px tiles of every site into ``work/train/<site>`` and ``work/test/<site>``."""
+    from pathgen.data.fetch import sample_path
+    from pathgen.data.synth import render_tile, tile_seed
+    from pathgen.saasn.data import _tissue_positions
+    from pathgen.slide import open_slide
+    from pathgen.tissue import tissue_mask
+
+    for split, seed, count in (("train", 1, SYNTH_TRAIN), ("test", 2, SYNTH_TEST)):
+        for site in SYNTH_SITES:
+            folder = work / split / site
+            if folder.is_dir() and len(list(folder.glob("*.png"))) >= count:
+                continue
+            i = kept = 0
+            while kept < count:
+                t = render_tile(TILE, tile_seed(seed, i), site)
+                i += 1
+                if _tissue_share(t.image) < 0.3:  # mostly glass: not a useful stain example
+                    continue
+                _save(folder, f"{site}_{kept:04d}", t.image)
+                kept += 1
+            print(f"{split}/{site}: {kept} tiles", flush=True)
+
+    slide = open_slide(sample_path("cmu_small_region.svs"))
+    mask = tissue_mask(slide)
+    w0, h0 = slide.dimensions
+    split_y = int(h0 * 2 / 3)
+    for split in ("train", "test"):
+        folder = work / split / "cmu"
+        if folder.is_dir() and any(folder.glob("*.png")):
+            continue
+        # a grid of TILE/2 strides (the slide's tissue is a thin strip: test tiles overlap by half, too)
+        pos = _tissue_positions(mask.mask, mask.downsample, (w0, h0), TILE, 0.4)
+        kept = 0
+        for x, y in pos:
+            x, y = int(x), int(y)
+            if split == "train" and y + TILE > split_y:
+                continue
+            if split == "test" and y < split_y:
+                continue
+            if x + TILE > w0 or y + TILE > h0:
+                continue
+            tile = slide.read_region((x, y), 0, (TILE, TILE))
+            if _tissue_share(tile) < 0.4:
+                continue
+            _save(folder, f"cmu_{x:05d}_{y:05d}", tile)
+            kept += 1
+        print(f"{split}/cmu: {kept} tiles", flush=True)
+
+    target = np.asarray(open_slide(sample_path("target_image.png")).read_region((0, 0), 0, (1000, 1000)))
+    for split, xs, ys in (("train", range(0, 700 - TILE + 1, 64), range(0, 1000 - TILE + 1, 64)),
+                          ("test", (700, 1000 - TILE), range(0, 1000 - TILE + 1, 93))):
+        folder = work / split / "target"
+        if folder.is_dir() and any(folder.glob("*.png")):
+            continue
+        n = 0
+        for y in ys:
+            for x in xs:
+                _save(folder, f"target_{x:04d}_{y:04d}", target[y:y + TILE, x:x + TILE])
+                n += 1
+        print(f"{split}/target: {n} tiles", flush=True)
+
+
+def source_dirs(work: Path, split: str) -> list[Path]:
+    return [work / split / s for s in (*SYNTH_SITES, "cmu")]
+
+
+def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0) -> None:
+    """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``small`` preset."""
+    import torch
+
+    from pathgen.saasn.data import DataConfig
+    from pathgen.saasn.losses import LossConfig
+    from pathgen.saasn.networks import preset
+    from pathgen.saasn.train import train_preset, train_saasn
+
+    torch.set_num_threads(1)
+    data = DataConfig([str(p) for p in source_dirs(work, "train")], [str(work / "train" / "target")],
+                      balance="sites")
+    runs = {"saasn": LossConfig(), "cyclegan": LossConfig.cyclegan()}
+    for name, losses in runs.items():
+        if which not in ("both", name):
+            continue
+        tcfg = train_preset("small")
+        tcfg.epochs, tcfg.steps_per_epoch, tcfg.seed, tcfg.device, tcfg.threads = epochs, steps, seed, "cpu", 1
+        out = work / "runs" / name
+        resume = (out / "state" / "training.json").is_file()
+        t0 = time.perf_counter()
+        res = train_saasn(out, data, preset("small"), losses, tcfg, resume=resume, quiet=True)
+        print(f"{name}: {res.epochs_done} epochs, {res.steps_done} steps in {time.perf_counter() - t0:.0f} s; "
+              f"last epoch {json.dumps({k: round(v, 4) for k, v in res.last_epoch_means.items()})}", flush=True)
+
+
+def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Path | None = None,
+             out_json: Path | None = None, append: bool = True) -> dict:
+    """Run :func:`pathgen.saasn.evaluate.evaluate_stain` on the test tiles and append the table to RESULTS.md."""
+    from pathgen.saasn.evaluate import evaluate_stain, format_table
+
+    saasn_run = saasn_run or work / "runs" / "saasn"
+    ablation_run = ablation_run or work / "runs" / "cyclegan"
+    sources = {p.name: p for p in source_dirs(work, "test")}
+    t0 = time.perf_counter()
+    report = evaluate_stain(sources, work / "test" / "target", saasn=saasn_run,
+                            ablation=ablation_run if ablation_run.exists() else None, device="cpu")
+    seconds = time.perf_counter() - t0
+    table = format_table(report)
+    print(table)
+    out_json = out_json or work / "eval.json"
+    out_json.write_text(json.dumps(report, indent=2) + "\n")
+    if append:
+        from _common import append_results
+
+        counts = ", ".join(f"{k}: {v}" for k, v in report["tiles"].items())
+        lines = [f"- test tiles ({TILE} px): {counts}",
+                 f"- SAASN run: `{os.path.relpath(saasn_run, HERE.parent)}`; ablation run: "
+                 f"`{os.path.relpath(ablation_run, HERE.parent)}`",
+                 f"- evaluation wall time: {seconds:.0f} s", "", table]
+        append_results("SAASN stain normalisation (Table 4.1 protocol + colour distance)", lines)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=("prepare", "train", "eval", "all"))
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--which", choices=("both", "saasn", "cyclegan"), default="both")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--saasn-run", type=Path, default=None)
+    ap.add_argument("--ablation-run", type=Path, default=None)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args(argv)
+    if args.step in ("prepare", "all"):
+        prepare(args.work)
+    if args.step in ("train", "all"):
+        train(args.work, args.which, args.epochs, args.steps, args.seed)
+    if args.step in ("eval", "all"):
+        evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
