@@ -131,9 +131,10 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
         tcfg = train_preset("small")
         tcfg.epochs, tcfg.steps_per_epoch, tcfg.seed, tcfg.device, tcfg.threads = epochs, steps, seed, "cpu", 1
         out = work / "runs" / name
+        out.parent.mkdir(parents=True, exist_ok=True)
         resume = (out / "state" / "training.json").is_file()
         t0 = time.perf_counter()
-        res = train_saasn(out, data, preset("small"), losses, tcfg, resume=resume, quiet=True)
+        res = train_saasn(out, data, preset("small"), losses, tcfg, resume=resume, epochs=epochs, quiet=True)
         print(f"{name}: {res.epochs_done} epochs, {res.steps_done} steps in {time.perf_counter() - t0:.0f} s; "
               f"last epoch {json.dumps({k: round(v, 4) for k, v in res.last_epoch_means.items()})}", flush=True)
 

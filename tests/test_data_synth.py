@@ -206,16 +206,18 @@ def test_custom_site_object_renders():
 # ---- seamless windows (slides) -----------------------------------------------------------------------------
 
 
-def test_windows_join_without_seams():
-    plane = TissuePlane(seed=4, mpp=0.5)
-    whole, _, _ = plane.render(300, 500, 200, 300, labels=False)
-    other = TissuePlane(seed=4, mpp=0.5)  # fresh caches
+@pytest.mark.parametrize("seed", [4, 9])
+def test_windows_join_without_seams(seed):
+    """Windows rendered separately (fresh plane, empty caches) equal the same area rendered at once, bit for
+    bit: what slide tiles need to join without seams."""
+    plane = TissuePlane(seed=seed, mpp=0.5)
+    whole, _, _ = plane.render(300, 500, 192, 320, labels=False)
+    other = TissuePlane(seed=seed, mpp=0.5)
     pieces = np.full_like(whole, -1.0)
-    for y in (0, 120):
-        for x in (0, 96, 192, 288):
-            h, w = min(120, 200 - y), min(96, 300 - x)
-            c, _, _ = other.render(300 + y, 500 + x, h, w, labels=False)
-            pieces[y:y + h, x:x + w] = c
+    for y in range(0, 192, 64):
+        for x in range(0, 320, 80):
+            c, _, _ = other.render(300 + y, 500 + x, 64, 80, labels=False)
+            pieces[y:y + 64, x:x + 80] = c
     np.testing.assert_array_equal(whole, pieces)
 
 
@@ -232,9 +234,9 @@ def test_blank_tiles_are_skipped_without_changing_pixels():
     row = synth.render_slide_row(plane, site, ty * tile, width, height, tile)
     assert row.shape == (tile, width, 3)
     glass = np.asarray(np.rint(site.i0), np.uint8)
-    for tx, is_blank in enumerate(grid[ty]):
-        part = row[:, tx * tile:(tx + 1) * tile]
-        assert (part == glass).all() == is_blank
+    is_glass = [bool((row[:, tx * tile:(tx + 1) * tile] == glass).all()) for tx in range(width // tile)]
+    assert all(g for g, b in zip(is_glass, grid[ty]) if b)
+    assert not all(is_glass)
     # Skipping never changes the output: the full renderer gives blank glass on skipped tiles (checked on the
     # skipped tiles nearest to tissue, where a wrong decision would show).
     blank = [(y, x) for y in range(len(grid)) for x in range(len(grid[0])) if grid[y][x]]

@@ -227,3 +227,63 @@ def test_qc_folders_pair_by_name(tmp_path, capsys):
     Image.fromarray(img).save(tmp_path / "y" / "p3.png")
     assert main(["qc", "ssim", str(tmp_path / "x"), str(tmp_path / "y")]) == 1
     assert "p3.png" in capsys.readouterr().err
+
+
+def test_nuclei_datasets_with_images(tmp_path):
+    from pathgen.metrics.formats import detect_format, read_nuclei_dataset
+
+    rng = np.random.default_rng(9)
+    # HoVer-Net / CoNSeP layout: Images/*.png (RGBA here) + Labels/*.mat with inst_map, inst_uid and inst_type.
+    root = tmp_path / "consep"
+    (root / "Images").mkdir(parents=True)
+    (root / "Labels").mkdir()
+    inst = np.array([[0, 5, 5], [2, 2, 0]], np.int32)
+    Image.fromarray((rng.random((2, 3, 4)) * 255).astype(np.uint8)).save(root / "Images" / "train_1.png")
+    # inst_uid lists instance 5 first: its type is 3, instance 2 has type 1.
+    scipy.io.savemat(root / "Labels" / "train_1.mat", {"inst_map": inst, "inst_uid": np.array([[5], [2]]),
+                                                       "inst_type": np.array([[3], [1]])})
+    assert detect_format(root) == "hovernet-mat"
+    (item,) = list(read_nuclei_dataset(root, "hovernet-mat"))
+    assert item.name == "train_1" and item.image.shape == (2, 3, 3) and item.image.dtype == np.uint8
+    np.testing.assert_array_equal(item.classes, [[0, 3, 3], [1, 1, 0]])
+    # PanNuke fold: float64 images in 0..255 and 6-channel masks, in nested folders.
+    fold = tmp_path / "Fold 1"
+    (fold / "images" / "fold1").mkdir(parents=True)
+    (fold / "masks" / "fold1").mkdir(parents=True)
+    np.save(fold / "images" / "fold1" / "images.npy", rng.random((2, 4, 4, 3)) * 255)
+    masks = np.zeros((2, 4, 4, 6))
+    masks[0, 0:2, 0:2, 1] = 7  # one inflammatory nucleus in image 0
+    np.save(fold / "masks" / "fold1" / "masks.npy", masks)
+    assert detect_format(fold) == "pannuke"
+    items = list(read_nuclei_dataset(fold, "pannuke"))
+    assert [i.name for i in items] == ["0", "1"] and items[0].image.dtype == np.uint8
+    assert items[0].instances[0, 0] == 1 and items[0].classes[0, 0] == 2 and not items[1].instances.any()
+    # CoNIC: images.npy + labels.npy (N, H, W, 2).
+    conic = tmp_path / "conic"
+    conic.mkdir()
+    np.save(conic / "images.npy", (rng.random((1, 4, 4, 3)) * 255).astype(np.uint8))
+    lab = np.zeros((1, 4, 4, 2), np.int32)
+    lab[0, 1:3, 1:3] = (4, 6)
+    np.save(conic / "labels.npy", lab)
+    assert detect_format(conic) == "conic"
+    (c_item,) = list(read_nuclei_dataset(conic, "conic"))
+    assert c_item.instances[1, 1] == 4 and c_item.classes[1, 1] == 6
+    assert detect_format(tmp_path / "consep" / "Images") is None
+
+
+def test_geojson_against_geojson_uses_a_common_extent(tmp_path):
+    from pathgen.metrics.report import evaluate_instances
+
+    true = np.zeros((10, 12), np.int32)
+    true[1:4, 1:4] = 1
+    true[6:9, 8:11] = 2
+    pred = np.zeros((10, 12), np.int32)
+    pred[1:4, 2:5] = 1  # IoU 6/12 = 0.5: not a match (strict >)
+    write_geojson(tmp_path / "t.geojson", true)
+    write_geojson(tmp_path / "p.geojson", pred)
+    res = evaluate_instances(tmp_path / "t.geojson", tmp_path / "p.geojson")
+    # Both files are rasterised on their common extent (9 x 11). Two true nuclei of 9 px, one predicted of 9 px
+    # overlapping the first by 6 px (IoU 0.5, no match): TP 0, FP 1, FN 2; DICE1 = 2·6 / (18 + 9).
+    row = res["per_image"][0]
+    assert (row["tp"], row["fp"], row["fn"]) == (0, 1, 2)
+    assert res["dice1"] == pytest.approx(2 * 6 / (18 + 9))

@@ -17,6 +17,15 @@ from pathgen.segment.postprocess import (PostProcessConfig, ellipse_element, ins
 from pathgen.segment.targets import class_map_from_types, hv_maps, make_targets, np_target, tp_target
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP waits dominate."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def touching_nuclei(size: int = 128, attempts: int = 90, seed: int = 0) -> np.ndarray:
     """Ellipses of 5-11 px radii placed at random; a candidate overlapping earlier ones by more than 15 % is
     rejected, the rest is clipped to free pixels, so many nuclei touch."""

@@ -190,7 +190,8 @@ def test_module_extractor_and_image_set_comparison(tmp_path):
     assert res["extractor"]["name"] == "tiny-encoder" and "16x16" in res["extractor"]["resize"]
     feats_a = extract_features(sorted((tmp_path / "a").iterdir()), ext)
     feats_b = extract_features(sorted((tmp_path / "b").iterdir()), ext)
-    assert res["fid"] == pytest.approx(fid_from_features(feats_a, feats_b), abs=1e-9)
+    # features are extracted in float32; torch thread count changes the summation order
+    assert res["fid"] == pytest.approx(fid_from_features(feats_a, feats_b), rel=1e-5)
     with pytest.raises(PathgenError, match="at least 2"):
         (tmp_path / "c").mkdir()
         compare_image_sets(tmp_path / "a", tmp_path / "c", ext)

@@ -376,7 +376,7 @@ def synthesize_dataset(out_dir: str | os.PathLike, n: int | None = None,
                     f.write(_manifest_line(rec))
                     f.flush()
                     os.fsync(f.fileno())
-                records[i] = rec
+                records[i] = json.loads(_manifest_line(rec))  # the form a resumed run reads back
                 generated += 1
                 bar.advance(1)
                 if on_sample is not None:

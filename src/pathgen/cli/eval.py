@@ -30,6 +30,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _with_record(result: dict) -> dict:
+    # Library versions, so a number can be traced to what produced it.
+    from pathgen.config import versions
+
+    return {**result, "versions": versions()}
+
+
 def _check_outputs(inputs: tuple, overwrite: bool, *outputs: Optional[Path]) -> None:
     # Refuse bad outputs before any work starts.
     from pathgen.io.atomic import check_output
@@ -70,7 +77,7 @@ def instances(
         types = "  ".join(f"F1_{k} {_fmt(v)}" for k, v in det["f1_per_type"].items())
         typer.echo(f"F1_detection {_fmt(det['f1'])}  accuracy {_fmt(det['accuracy'])}  {types}".rstrip())
     if json_out is not None:
-        write_json(json_out, result, overwrite=overwrite, inputs=(true, pred))
+        write_json(json_out, _with_record(result), overwrite=overwrite, inputs=(true, pred))
         typer.echo(f"wrote {json_out}")
     if csv_out is not None:
         write_csv(csv_out, result["per_image"], overwrite=overwrite, inputs=(true, pred))
@@ -101,7 +108,7 @@ def semantic(
     typer.echo(f"{result['n_images']} maps, classes {result['classes']} ({bg} background, {average.value})")
     typer.echo(f"dice {_fmt(result['dice'])}  iou {_fmt(result['iou'])}")
     if json_out is not None:
-        write_json(json_out, result, overwrite=overwrite, inputs=(true, pred))
+        write_json(json_out, _with_record(result), overwrite=overwrite, inputs=(true, pred))
         typer.echo(f"wrote {json_out}")
     if csv_out is not None:
         write_csv(csv_out, result["per_image"], overwrite=overwrite, inputs=(true, pred))
@@ -134,7 +141,7 @@ def fid(
     typer.echo(f"fid {result['fid']:.4f}  kid {result['kid']:.6f} ± {result['kid_std']:.6f} "
                f"({result['kid_subsets']} subsets of {result['kid_subset_size']})")
     if json_out is not None:
-        write_json(json_out, result, overwrite=overwrite, inputs=(dir_a, dir_b, weights))
+        write_json(json_out, _with_record(result), overwrite=overwrite, inputs=(dir_a, dir_b, weights))
         typer.echo(f"wrote {json_out}")
 
 

@@ -60,7 +60,7 @@ def normalize(
     if tile_size < 16:
         raise PathgenError(f"--tile-size must be at least 16, got {tile_size}")
     inputs = expand_inputs(input)
-    single = len(inputs) == 1 and not Path(input).is_dir()
+    single = Path(input).is_file()  # a folder or a glob always writes into an output folder
 
     # Decide every output and refuse clashes before any work starts.
     jobs: list[tuple[Path, Path, bool]] = []

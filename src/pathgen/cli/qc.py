@@ -38,9 +38,18 @@ def _emit(result: dict, as_json: bool, out: Optional[Path], overwrite: bool, inp
 def _run(a: Path, b: Path, metric: str, as_json: bool, out: Optional[Path], overwrite: bool, **options) -> None:
     from pathgen.io.atomic import check_output
     from pathgen.metrics.report import compare_images
+    from pathgen.stain.apply import is_slide
 
     if out is not None:
         check_output(out, overwrite=overwrite, inputs=(a, b))
+    if metric == "ssim" and not options.get("rgb") and a.is_file() and b.is_file() and is_slide(a) and is_slide(b):
+        from pathgen.qc import slide_pair_ssim
+
+        # slide pairs: tile-wise SSIM over the tissue of A (mean ± std over tiles)
+        res = slide_pair_ssim(a, b).as_dict()
+        res["n_pairs"] = res["n_tiles"]
+        _emit(res, as_json, out, overwrite, (a, b), metric)
+        return
     _emit(compare_images(a, b, metric, **options), as_json, out, overwrite, (a, b), metric)
 
 
@@ -80,6 +89,22 @@ def psnr(
 ) -> None:
     """PSNR in dB (images scaled to [0, 1]); identical images give infinity (null in JSON)."""
     _run(a, b, "psnr", as_json, out, overwrite)
+
+
+@qc_app.command("report")
+def report(
+    source: Path = typer.Argument(..., help="The source slide (or image)."),
+    normalised: Path = typer.Argument(..., help="Its normalised version (same size)."),
+    output: Path = typer.Option(..., "-o", "--output", help="HTML page to write."),
+    tile: int = typer.Option(256, "--tile", help="Tile side for the per-tile SSIM."),
+    max_tiles: int = typer.Option(400, "--max-tiles", help="Most tissue tiles scored (random, seeded)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+) -> None:
+    """An HTML page: before/after thumbnails, stain vectors, per-tile SSIM histogram (images embedded)."""
+    from pathgen.qc import build_report
+
+    s = build_report(source, normalised, output, tile=tile, max_tiles=max_tiles, overwrite=overwrite)
+    typer.echo(f"wrote {output}: SSIM {s['ssim']:.4f} ± {s['ssim_std']:.4f} over {s['n_tiles']} tissue tiles")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,10 +10,10 @@ Classes (Lizard order): 0 background, 1 neutrophil, 2 epithelial, 3 lymphocyte, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -24,12 +24,12 @@ from pathgen.data.stains import SITES, SiteStain, get_site, image_od, render_rgb
 from pathgen.data.tissue import CLASS_NAMES, TissueParams, TissuePlane, clean_instances
 from pathgen.errors import PathgenError
 
-__all__ = ["CLASS_NAMES", "SITES", "SiteStain", "SynthTile", "TissueParams", "render_rgb", "render_tile",
-           "stain_od", "image_od", "tile_seed", "tile_origin", "write_tile_dataset", "write_synthetic_slide", "slide_rows",
-           "aperio_description", "render_slide_row", "slide_plane"]
+__all__ = ["CLASS_NAMES", "SITES", "SiteStain", "SynthTile", "TissueParams", "aperio_description", "dataset_pairs",
+           "image_od", "render_rgb", "render_slide_row", "render_tile", "slide_plane", "slide_rows", "stain_od",
+           "tile_origin", "tile_seed", "write_synthetic_slide", "write_tile_dataset"]
 
 
-@dataclass
+@dataclasses.dataclass
 class SynthTile:
     """One rendered tile.
 
@@ -231,7 +231,7 @@ def slide_plane(width: int, height: int, seed: int = 0, mpp: float = 0.5, tissue
         raise PathgenError(f"tissue fraction must be in (0, 1], got {tissue_fraction}")
     h_um, w_um = height * mpp, width * mpp
     base = TissueParams(tissue_scale_um=max(h_um, w_um) / 2.5, extent_um=(h_um, w_um))
-    probe = TissuePlane(seed, mpp, TissueParams(**{**base.__dict__, "tissue_threshold": 0.5}))
+    probe = TissuePlane(seed, mpp, dataclasses.replace(base, tissue_threshold=0.5))
     step = max(h_um, w_um) / samples
     ys = np.arange(step / 2, h_um, step)
     xs = np.arange(step / 2, w_um, step)
@@ -239,7 +239,7 @@ def slide_plane(width: int, height: int, seed: int = 0, mpp: float = 0.5, tissue
     thr = float(np.quantile(field, 1.0 - tissue_fraction)) if tissue_fraction < 1.0 else -np.inf
     if not np.isfinite(thr):
         thr = float(field.min()) - 1.0
-    return TissuePlane(seed, mpp, TissueParams(**{**base.__dict__, "tissue_threshold": thr}))
+    return TissuePlane(seed, mpp, dataclasses.replace(base, tissue_threshold=thr))
 
 
 def _tile_is_blank(plane: TissuePlane, y0: int, x0: int, h: int, w: int) -> bool:

@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from pathgen.data import noise
+from pathgen.errors import PathgenError
 
 CLASS_NAMES = ("background", "neutrophil", "epithelial", "lymphocyte", "plasma", "eosinophil", "connective")
 NEUTROPHIL, EPITHELIAL, LYMPHOCYTE, PLASMA, EOSINOPHIL, CONNECTIVE = 1, 2, 3, 4, 5, 6
@@ -59,7 +60,8 @@ class TissueParams:
     extent_um : (height, width), optional
         If set, tissue fades out within 6 % of the edges of this rectangle (a slide's glass margin).
     gland_cell_um : float
-        Side of the grid cells that each hold at most one crypt.
+        Side of the grid cells that each hold at most one crypt (odd rows shifted by half a cell, like bricks,
+        so crypts do not line up in columns).
     gland_probability : float
         Mean share of gland cells holding a crypt; modulated by a gland field.
     stroma_density : float
@@ -165,7 +167,7 @@ class TissuePlane:
 
     def __init__(self, seed: int = 0, mpp: float = 0.5, params: TissueParams | None = None):
         if not mpp > 0:
-            raise ValueError(f"mpp must be positive, got {mpp}")
+            raise PathgenError(f"mpp must be positive, got {mpp}")
         self.seed = int(seed)
         self.mpp = float(mpp)
         self.params = params or TissueParams()
@@ -173,12 +175,14 @@ class TissuePlane:
         self._gland_cache: dict[tuple[int, int], _Gland | None] = {}
         self._cell_cache: dict[tuple[int, int], list[_Cell]] = {}
         self._gland_cell_cache: dict[tuple[int, int], list[_Cell]] = {}
+        self._rbc_cache: dict[tuple[int, int], list[_Cell]] = {}
         self.fibre_angle = float(noise.hash_uniform(self.seed, _S_ANGLE, 0)) * math.pi
         self._infl_q = noise.fbm_quantile(self.params.aggregate_quantile, octaves=3)
-        from scipy.stats import poisson
-
+        # Poisson CDF of the candidate count per nucleus cell (pmf by recurrence p_k = p_{k-1}·λ/k).
         lam = self._LAMBDA_MAX * self._NUC_CELL_UM ** 2 / 1000.0
-        self._poisson_cdf = poisson.cdf(np.arange(int(lam + 12 * math.sqrt(lam) + 10)), lam)
+        k = np.arange(1, int(lam + 12 * math.sqrt(lam) + 10))
+        pmf = math.exp(-lam) * np.cumprod(np.r_[1.0, lam / k])
+        self._poisson_cdf = np.cumsum(pmf)
 
     # ---- fields (µm coordinates, broadcastable) -------------------------------------------------------------
     def tissue_field(self, y_um, x_um) -> np.ndarray:
@@ -242,7 +246,7 @@ class TissuePlane:
         gy = np.array([k[0] for k in todo], np.int64)
         gx = np.array([k[1] for k in todo], np.int64)
         uu = self._uniforms(_S_GLAND, gy, gx, 16)
-        ccy, ccx = (gy + 0.5) * cell, (gx + 0.5) * cell
+        ccy, ccx = (gy + 0.5) * cell, (gx + 0.5 + 0.5 * (gy & 1)) * cell
         p = np.clip(self.params.gland_probability + 2.0 * (self._gland_field(ccy, ccx) - 0.5), 0.0, 0.97)
         present = (uu[:, 0] < p) & (self.tissue_field(ccy, ccx) > self.threshold + 0.01)
         for i, key in enumerate(todo):
@@ -252,7 +256,7 @@ class TissuePlane:
                 atypia = float(u[1] ** 2.5)
                 amps = np.array([0.07 * u[2], 0.05 * u[3], 0.03 * u[4]]) * (1 + 1.5 * atypia)
                 phases = 2 * math.pi * u[5:8]
-                r_out = 27.0 + 14.0 * u[8] + 6.0 * atypia
+                r_out = 24.0 + 14.0 * u[8] + 6.0 * atypia
                 ratio = 0.45 + 0.55 * u[9] ** 0.7
                 ext = r_out * (1 + amps.sum()) + 3.0
                 if ext > cell / 2:  # shrink to stay inside the cell: glands never overlap
@@ -274,7 +278,8 @@ class TissuePlane:
         """Crypts owned by the gland cells that meet the rectangle (µm)."""
         cell = self.params.gland_cell_um
         keys = [(gy, gx) for gy in range(math.floor(y0_um / cell), math.floor(y1_um / cell) + 1)
-                for gx in range(math.floor(x0_um / cell), math.floor(x1_um / cell) + 1)]
+                for gx in range(math.floor(x0_um / cell - 0.5 * (gy & 1)),
+                                math.floor(x1_um / cell - 0.5 * (gy & 1)) + 1)]
         self._ensure_glands(keys)
         return [g for g in (self._gland_cache[k] for k in keys) if g is not None]
 
@@ -284,7 +289,7 @@ class TissuePlane:
         y_um, x_um = np.asarray(y_um, float), np.asarray(x_um, float)
         out = np.zeros(y_um.shape, bool)
         gy = np.floor(y_um / cell).astype(np.int64)
-        gx = np.floor(x_um / cell).astype(np.int64)
+        gx = np.floor(x_um / cell - 0.5 * (gy & 1)).astype(np.int64)
         keys = set(zip(gy.tolist(), gx.tolist()))
         self._ensure_glands(keys)
         for key in keys:
@@ -367,7 +372,7 @@ class TissuePlane:
 
     # ---- stroma cells ---------------------------------------------------------------------------------------
     _NUC_CELL_UM = 40.0
-    _LAMBDA_MAX = 22.0  # per 1000 µm²; upper bound of the modulated density
+    _LAMBDA_MAX = 22.0  # per 1000 µm²; the modulated density is capped here (dense aggregates saturate)
 
     def _ensure_stroma(self, keys) -> None:
         """Generate (and cache) the stroma cells and red blood cells owned by nucleus grid cells ``keys``.
@@ -379,6 +384,7 @@ class TissuePlane:
         if len(self._cell_cache) > 50000:  # bounded memory on huge slides; entries are cheap to rebuild
             self._cell_cache.clear()
             self._gland_cell_cache.clear()
+            self._rbc_cache.clear()
         todo = [k for k in keys if k not in self._cell_cache]
         if not todo:
             return
@@ -422,6 +428,11 @@ class TissuePlane:
             ], axis=1)
             cum = np.cumsum(w, axis=1)
             types = 1 + np.sum(type_u[idx, None] * cum[:, -1:] > cum, axis=1)
+            # Long fibroblasts keep clear of crypts (their centre test above is not enough).
+            near = types == CONNECTIVE
+            near[near] = self.in_gland(ys[near], xs[near], margin=0.3)
+            if near.any():
+                idx, ys, xs, types = idx[~near], ys[~near], xs[~near], types[~near]
             # Fibroblasts lie along the local collagen direction.
             direction = np.zeros(len(idx))
             spindle = types == CONNECTIVE
@@ -429,12 +440,25 @@ class TissuePlane:
             for k, (i, typ, yk, xk, dk) in enumerate(zip(idx.tolist(), types.tolist(), ys.tolist(), xs.tolist(),
                                                          direction.tolist())):
                 per_cell[owner[i]].append(self._make_stroma_cell(typ, yk, xk, float(marks[i]), uni[i], dk))
-        self._add_red_cells(cy, cx, per_cell)
         for key, cells in zip(todo, per_cell):
             self._cell_cache[key] = cells
 
+    _RBC_CHAIN_UM = 8 * 6.4 + 5.0  # farthest a red cell of a chain lies from its owning cell (+ its radius)
+
+    def _ensure_red_cells(self, keys) -> None:
+        """Red blood cells: short bent chains in capillaries of some cells, drawn beneath the nuclei. A chain
+        starts in its owning cell and may run up to ``_RBC_CHAIN_UM`` beyond it."""
+        todo = [k for k in keys if k not in self._rbc_cache]
+        if not todo:
+            return
+        cy = np.array([k[0] for k in todo], np.int64)
+        cx = np.array([k[1] for k in todo], np.int64)
+        per_cell: list[list[_Cell]] = [[] for _ in todo]
+        self._add_red_cells(cy, cx, per_cell)
+        for key, cells in zip(todo, per_cell):
+            self._rbc_cache[key] = cells
+
     def _add_red_cells(self, cy: np.ndarray, cx: np.ndarray, per_cell: list[list[_Cell]]) -> None:
-        """Red blood cells: short bent chains in capillaries of some cells, drawn beneath the nuclei."""
         size = self._NUC_CELL_UM
         n_max = 8
         ru = self._uniforms(_S_RBC, cy, cx, 5 + 4 * n_max)
@@ -552,6 +576,12 @@ class TissuePlane:
         self._ensure_stroma(keys)
         for key in keys:
             cands.extend(self._cell_cache[key])
+        far = self._RBC_CHAIN_UM
+        rbc_keys = [(cy, cx) for cy in range(math.floor((ya - far) / size), math.floor((yb + far) / size) + 1)
+                    for cx in range(math.floor((xa - far) / size), math.floor((xb + far) / size) + 1)]
+        self._ensure_red_cells(rbc_keys)
+        for key in rbc_keys:
+            cands.extend(self._rbc_cache[key])
         nuclei = [c for c in cands if c.cls]
         others = [c for c in cands if not c.cls]
         alive = np.ones(len(nuclei), bool)
@@ -589,7 +619,7 @@ class TissuePlane:
             Class of each raw id (index 0 = background).
         """
         m = self.mpp
-        blur_sigma = 0.35 / m
+        blur_sigma = 0.3 / m  # optical point-spread (µm), roughly a 20x/0.75 NA objective
         pad = int(4.0 * blur_sigma + 0.5) + 1
         cy0, cx0, ch, cw = y0 - pad, x0 - pad, h + 2 * pad, w + 2 * pad
         y_um = (np.arange(cy0, cy0 + ch) + 0.5) * m
@@ -609,11 +639,12 @@ class TissuePlane:
         phase = grid(self._fibre_phase)
         f1 = (0.5 + 0.5 * np.cos(2 * np.pi * phase)).astype(np.float32)
         f2 = (0.5 + 0.5 * np.cos(2 * np.pi * 2.3 * phase + 1.3)).astype(np.float32)
-        f1 *= f1
+        f1 = f1 * f1 * f1
         f2 = f2 * f2 * f2
-        fibres = f1 * f1 + 0.5 * f2 * f2
-        breaks = grid(lambda y, x: noise.value_noise(self.seed, _S_BREAKS, y, x, 9.0))
-        fibres *= np.clip(1.7 * breaks - 0.1, 0.0, 1.3).astype(np.float32)
+        fibres = f1 + 0.5 * f2 * f2
+        # Bundles fade in and out along their length instead of running as endless parallel stripes.
+        breaks = grid(lambda y, x: noise.fbm(self.seed, _S_BREAKS, y, x, 14.0, octaves=2))
+        fibres *= np.clip(2.2 * breaks - 0.55, 0.0, 1.2).astype(np.float32)
         fd = np.clip((grid(self._fibre_density) - 0.4) / 0.3, 0.1, 1.0).astype(np.float32)
         # Loose areoles and denser patches of ground substance.
         loose = np.clip((grid(lambda y, x: noise.fbm(self.seed, _S_LOOSE, y, x, 16.0, octaves=2)) - 0.3) / 0.4,

@@ -266,6 +266,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr_at(0), weight_decay=config.weight_decay)
     ema = EMA(model, config.ema_decay)
     step = 0
+    acc: dict[str, list[float]] = {}  # loss terms since the last log row (saved, so resumed logs match)
     state_file = state_dir / "train_state.json"
     if state_file.is_file():
         saved = json.loads(state_file.read_text())
@@ -279,6 +280,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
         rng = load_tensors(state_dir / "rng.safetensors")
         torch.set_rng_state(rng["torch_cpu"])
         step = int(saved["step"])
+        acc = {k: list(v) for k, v in saved.get("log_accumulator", {}).items()}
     resumed_from = step
     log_path = run / "loss_log.csv"
     rows = _read_log(log_path, step)
@@ -297,7 +299,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
         desc = describe()
         write_json_atomic(state_file, {"step": step, "total_steps": config.total_steps, "ema_updates": ema.updates,
                                        "optimizer_groups": groups, "model": to_jsonable(desc["model"]),
-                                       "loop": config.to_dict()})
+                                       "loop": config.to_dict(), "log_accumulator": acc})
         save_model(run, ema.model.state_dict(), desc["fmt"], desc["model"], desc["schedule"],
                    {**desc.get("extra", {}), "training": {"step": step, "total_steps": config.total_steps,
                                                           "ema_decay": config.ema_decay,
@@ -306,7 +308,6 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
 
     t0 = time.monotonic()
     last_loss = None
-    acc: dict[str, list[float]] = {}
     bad = 0
     target = config.total_steps if stop_after is None else min(config.total_steps, int(stop_after))
     stopped_early = False
@@ -348,7 +349,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
             if k in out:
                 acc.setdefault(k, []).append(float(out[k].detach().float().mean()))
         acc.setdefault("grad_norm", []).append(gnorm)
-        if step % max(1, config.log_every) == 0 or step == target:
+        if step % max(1, config.log_every) == 0 or step == config.total_steps:
             rows.append({"step": step, "phase": phase.name, "lr": _fmt(lr),
                          **{k: _fmt(float(np.mean(v))) for k, v in acc.items()},
                          "seconds": _fmt(round(time.monotonic() - t0, 2))})

@@ -33,6 +33,12 @@ def check_output(target: str | os.PathLike, overwrite: bool = False, inputs: tup
     return t
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, overwrite: bool = False, inputs: tuple = ()) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` only if the block succeeds.
@@ -45,6 +51,8 @@ def atomic_path(target: str | os.PathLike, overwrite: bool = False, inputs: tupl
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp_path, t)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -71,6 +79,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".part", dir=parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if t.exists():
             shutil.rmtree(t) if t.is_dir() else t.unlink()
         os.replace(tmp, t)

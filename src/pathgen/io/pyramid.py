@@ -213,6 +213,8 @@ def write_pyramid(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], shap
     shapes = level_shapes(spec.shape[0], spec.shape[1], spec.tile_size)
     h, w, c = spec.shape
     target = Path(path)
+    if spec.description and spec.description.startswith("Aperio"):
+        thumbnail = 0  # Aperio readers take the 2nd directory as thumbnail and later stripped ones as label/macro
     with atomic_path(target, overwrite=overwrite, inputs=inputs) as tmp:
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.levels.", dir=tmp.parent))
         try:

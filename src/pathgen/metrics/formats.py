@@ -10,10 +10,16 @@ Label files (instance maps, optionally with classes):
   array layouts above.
 * ``.mat`` — HoVer-Net: ``inst_map`` and optionally ``inst_type`` (one type per instance, in ``inst_uid`` order
   when present, else ascending id) or ``type_map``.
-* ``.geojson`` / ``.json`` — polygons (QuPath export), rasterised with :mod:`pathgen.io.annotations`.
+* ``.geojson`` / ``.json`` — polygons (QuPath export), rasterised with :mod:`pathgen.io.annotations`. In folders
+  only ``.geojson`` files take part in the pairing (so run records such as ``config.json`` are ignored); a
+  ``.json`` file can be given directly.
 
 ``layout`` forces the reading of ambiguous arrays: "instance", "conic" or "pannuke"; "auto" uses the rules above.
 Folders are paired by file stem, never by sorted order; an unpaired file is a ``PathgenError`` that names it.
+
+Whole datasets with images (:func:`read_nuclei_dataset`, :func:`detect_format`): "hovernet-mat" (CoNSeP / Kumar
+layout: ``Images/NAME.png`` + ``Labels/NAME.mat``), "pannuke" (``images.npy`` + ``masks.npy``, anywhere below the
+folder, as in a PanNuke fold) and "conic" (``images.npy`` + ``labels.npy``).
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
 from pathgen.errors import PathgenError, require_file
 
 LABEL_EXTENSIONS = (".npy", ".png", ".tif", ".tiff", ".mat", ".geojson", ".json")
+FOLDER_LABEL_EXTENSIONS = (".npy", ".png", ".tif", ".tiff", ".mat", ".geojson")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 Layout = Literal["auto", "instance", "conic", "pannuke"]
 
@@ -265,7 +272,7 @@ def _listing(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
 
 
 def pair_files(true_dir: str | os.PathLike, pred_dir: str | os.PathLike,
-               extensions: tuple[str, ...] = LABEL_EXTENSIONS) -> list[tuple[str, Path, Path]]:
+               extensions: tuple[str, ...] = FOLDER_LABEL_EXTENSIONS) -> list[tuple[str, Path, Path]]:
     """Pair the files of two folders by stem (extension may differ).
 
     Returns
@@ -344,7 +351,7 @@ def load_label_pairs(true_path: str | os.PathLike, pred_path: str | os.PathLike,
     if not t.is_dir():
         return _read_pair(t, p, layout, t.stem)
     pairs = []
-    for stem, tf, pf in pair_files(t, p):
+    for stem, tf, pf in pair_files(t, p, FOLDER_LABEL_EXTENSIONS):
         pairs.extend(_read_pair(tf, pf, layout, None))
     return pairs
 
@@ -401,3 +408,102 @@ def image_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, P
     if pa.is_dir():
         return pair_files(pa, pb, IMAGE_EXTENSIONS + (".npy",))
     return [(pa.stem, pa, pb)]
+
+
+@dataclass
+class NucleusImage:
+    """One image of an annotated nucleus dataset: RGB uint8 (H, W, 3), instances and classes (H, W) int32."""
+
+    name: str
+    image: np.ndarray
+    instances: np.ndarray
+    classes: np.ndarray | None
+
+
+def _child(folder: Path, name: str) -> Path | None:
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if entry.is_dir() and entry.name.lower() == name:
+            return entry
+    return None
+
+
+def _find_one(folder: Path, filename: str) -> Path | None:
+    hits = sorted(q for q in folder.rglob(filename) if q.is_file())
+    if len(hits) > 1:
+        raise PathgenError(f"{len(hits)} files named {filename} below this folder; point at one dataset", folder)
+    return hits[0] if hits else None
+
+
+def detect_format(path: str | os.PathLike) -> str | None:
+    """"hovernet-mat", "pannuke" or "conic" when ``path`` holds such a dataset, else None."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    if _child(p, "images") is not None and _child(p, "labels") is not None:
+        if any(q.suffix.lower() == ".mat" for q in _child(p, "labels").iterdir()):
+            return "hovernet-mat"
+    if _find_one(p, "images.npy") is not None:
+        if _find_one(p, "masks.npy") is not None:
+            return "pannuke"
+        if _find_one(p, "labels.npy") is not None:
+            return "conic"
+    return None
+
+
+def _rgb_uint8(image: np.ndarray, where) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise PathgenError(f"expected RGB images, got shape {img.shape}", where)
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = np.clip(np.round(img), 0, 255).astype(np.uint8)  # PanNuke stores float64 in 0..255
+    return img
+
+
+def read_nuclei_dataset(path: str | os.PathLike, fmt: str) -> Iterator[NucleusImage]:
+    """Iterate over the images of a nucleus dataset with their instance and class maps.
+
+    Parameters
+    ----------
+    path : folder of the dataset
+    fmt : {"hovernet-mat", "pannuke", "conic"}
+        See the module docstring. PanNuke classes are the channel numbers 1..5 (later channels win where they
+        overlap); CoNIC classes are Lizard's 1..6; HoVer-Net classes are those stored in the ``.mat`` files.
+
+    Yields
+    ------
+    NucleusImage
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise PathgenError("not a folder", p)
+    if fmt == "hovernet-mat":
+        images, labels = _child(p, "images"), _child(p, "labels")
+        if images is None or labels is None:
+            raise PathgenError("expected Images/ and Labels/ folders", p)
+        for stem, img_path, mat_path in pair_files(images, labels, IMAGE_EXTENSIONS + (".mat",)):
+            if mat_path.suffix.lower() != ".mat":
+                raise PathgenError("expected a .mat label file", mat_path)
+            image = _rgb_uint8(read_image(img_path), img_path)
+            inst, cls = read_hovernet_mat(mat_path)
+            if inst.shape != image.shape[:2]:
+                raise PathgenError(f"label {inst.shape} and image {image.shape[:2]} differ in size", mat_path)
+            yield NucleusImage(stem, image, inst, cls)
+        return
+    if fmt not in ("pannuke", "conic"):
+        raise PathgenError(f"unknown dataset format {fmt!r} (use hovernet-mat, pannuke or conic)")
+    image_file = _find_one(p, "images.npy")
+    label_file = _find_one(p, "masks.npy" if fmt == "pannuke" else "labels.npy")
+    if image_file is None or label_file is None:
+        need = "images.npy and masks.npy" if fmt == "pannuke" else "images.npy and labels.npy"
+        raise PathgenError(f"expected {need} below this folder", p)
+    images = np.load(image_file, mmap_mode="r", allow_pickle=False)
+    labels = np.load(label_file, mmap_mode="r", allow_pickle=False)
+    if images.ndim != 4 or labels.ndim != 4 or images.shape[:3] != labels.shape[:3]:
+        raise PathgenError(f"images {images.shape} and labels {labels.shape} do not match", label_file)
+    layout: Layout = "pannuke" if fmt == "pannuke" else "conic"
+    for i in range(images.shape[0]):
+        sample = _samples_from_array(np.asarray(labels[i]), str(i), str(label_file), layout)[0]
+        yield NucleusImage(str(i), _rgb_uint8(images[i], image_file), sample.instances, sample.classes)

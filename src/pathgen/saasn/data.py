@@ -24,8 +24,6 @@ import torch
 from pathgen.errors import PathgenError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".dcm", ".tif", ".tiff", ".png",
-                  ".jpg", ".jpeg")
 BALANCES = ("pooled", "sites")
 
 
@@ -34,7 +32,10 @@ def to_tensor(batch: np.ndarray, device=None) -> torch.Tensor:
     arr = np.asarray(batch)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise PathgenError(f"expected (N, H, W, 3) uint8 images, got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # torch wants writable memory; read-only views (engine windows) are copied
+        arr = arr.copy()
+    t = torch.from_numpy(arr).to(device)
     return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 

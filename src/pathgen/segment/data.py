@@ -83,10 +83,14 @@ class TileFolderDataset(Sequence[NucleiSample]):
     ----------
     root : path
         Folder with ``images/`` and ``instances/`` (and optionally ``classes/``).
+    cache_bytes : int
+        Samples read are kept in memory up to this many bytes (training visits each tile many times).
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, cache_bytes: int = 1 << 30):
         self.root = Path(root)
+        self._cache: dict[int, NucleiSample] = {}
+        self._cache_left = int(cache_bytes)
         img_dir, inst_dir, cls_dir = self.root / "images", self.root / "instances", self.root / "classes"
         if not img_dir.is_dir() or not inst_dir.is_dir():
             raise PathgenError("not a tile dataset: needs images/ and instances/ folders", self.root)
@@ -110,6 +114,17 @@ class TileFolderDataset(Sequence[NucleiSample]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self.names))[i]  # normalises negative indices, raises IndexError
+        if i in self._cache:
+            return self._cache[i]
+        sample = self._read(i)
+        size = sum(a.nbytes for a in (sample.image, sample.instances, sample.classes) if a is not None)
+        if size <= self._cache_left:
+            self._cache[i] = sample
+            self._cache_left -= size
+        return sample
+
+    def _read(self, i: int) -> NucleiSample:
         from PIL import Image
 
         name = self.names[i]
@@ -260,9 +275,9 @@ class AugmentConfig:
     contrast : float
         Contrast factor drawn from 1 +- ``contrast`` (around each image's mean).
     saturation : float
-        Saturation factor drawn from 1 +- ``saturation``.
+        Saturation (chroma) factor drawn from 1 +- ``saturation``.
     hue : float
-        Hue shift drawn from +-``hue`` of the colour circle.
+        Hue rotation drawn from +-``hue`` of the full circle.
     """
 
     flips: bool = True
@@ -273,24 +288,34 @@ class AugmentConfig:
     hue: float = 0.04
 
 
-def jitter_colour(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Random brightness, contrast, saturation and hue change of an (H, W, 3) uint8 image (uint8 out)."""
-    img = image.astype(np.float32) / 255.0
-    if cfg.hue > 0 or cfg.saturation > 0:
-        from skimage.color import hsv2rgb, rgb2hsv
+# Luma and chroma axes (YIQ): hue turns the chroma plane, saturation scales it.
+_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = np.linalg.inv(_TO_YIQ)
 
-        hsv = rgb2hsv(img)
-        if cfg.hue > 0:
-            hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-cfg.hue, cfg.hue), 1.0)
-        if cfg.saturation > 0:
-            hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(1 - cfg.saturation, 1 + cfg.saturation), 0, 1)
-        img = hsv2rgb(hsv).astype(np.float32)
-    if cfg.contrast > 0:
-        mean = img.mean()
-        img = (img - mean) * rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
-    if cfg.brightness > 0:
-        img = img + rng.uniform(-cfg.brightness, cfg.brightness)
-    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+
+def colour_matrix(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[np.ndarray, float, float]:
+    """Draw one colour jitter: a 3x3 RGB matrix (hue rotation and saturation scale in YIQ), a contrast factor
+    and a brightness offset (fraction of full scale)."""
+    angle = 2 * np.pi * rng.uniform(-cfg.hue, cfg.hue) if cfg.hue > 0 else 0.0
+    sat = rng.uniform(1 - cfg.saturation, 1 + cfg.saturation) if cfg.saturation > 0 else 1.0
+    c, s = np.cos(angle) * sat, np.sin(angle) * sat
+    yiq = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    contrast = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast) if cfg.contrast > 0 else 1.0
+    brightness = rng.uniform(-cfg.brightness, cfg.brightness) if cfg.brightness > 0 else 0.0
+    return _FROM_YIQ @ yiq @ _TO_YIQ, contrast, brightness
+
+
+def jitter_colour(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Random hue, saturation, contrast and brightness change of an (H, W, 3) uint8 image (uint8 out).
+
+    Hue and saturation act in the YIQ chroma plane, so the whole jitter is one affine map per image (cheap
+    enough to run per patch on a CPU): ``out = (M @ rgb - mean) * contrast + mean + brightness``.
+    """
+    matrix, contrast, brightness = colour_matrix(rng, cfg)
+    img = image.reshape(-1, 3).astype(np.float32) @ matrix.T.astype(np.float32)
+    mean = img.mean()
+    img = (img - mean) * contrast + mean + brightness * 255.0
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8).reshape(image.shape)
 
 
 def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,

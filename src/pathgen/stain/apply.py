@@ -101,6 +101,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     except Exception as exc:  # noqa: BLE001 - any decoder failure is "cannot read"
         raise PathgenError(f"cannot read image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                            p) from None
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (separate-plane) TIFF
     if arr.dtype != np.uint8:
         raise PathgenError(f"only 8-bit images are supported, this one is {arr.dtype}", p)
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):

@@ -60,7 +60,15 @@ def _solve(x: torch.Tensor, v: torch.Tensor, lam: float) -> torch.Tensor:
     if lam:
         b = b - lam
     b0, b1 = b[:, 0], b[:, 1]
-    # One-stain faces: c = (max(b0/g00, 0), 0) or (0, max(b1/g11, 0)); objective 1/2 g c^2 - b c.
+    if det > PARALLEL_DET * g00 * g11 and g01 >= 0:
+        # With G_01 >= 0 (always so for non-negative stain vectors) the KKT conditions give the solution in
+        # closed form from the unconstrained one c_i: c_0 = max(c_i0 + G_01/G_00 min(c_i1, 0), 0) and
+        # symmetrically for c_1 — the interior solution when both are >= 0, else the optimal one-stain face.
+        c0 = (g11 * b0 - g01 * b1) / det
+        c1 = (g00 * b1 - g01 * b0) / det
+        m0, m1 = c0.clamp(max=0.0), c1.clamp(max=0.0)
+        return torch.stack([(c0 + (g01 / g00) * m1).clamp_(min=0.0), (c1 + (g01 / g11) * m0).clamp_(min=0.0)], 1)
+    # General case (parallel vectors, or vectors with negative components): compare the two faces.
     s0 = (b0 / g00).clamp_(min=0.0)
     s1 = (b1 / g11).clamp_(min=0.0)
     pick0 = (0.5 * g00 * s0 - b0) * s0 <= (0.5 * g11 * s1 - b1) * s1

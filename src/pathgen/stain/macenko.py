@@ -2,8 +2,11 @@
 
 Steps (METHODS.md §1.2):
 
-1. Drop transparent pixels: those with OD below ``beta`` (0.15) in any channel, the rule of the original
-   MATLAB code and torchstain.
+1. Drop transparent pixels: by default those whose OD vector has L2 norm below ``beta`` (0.15), as HistomicsTK
+   thresholds the OD magnitude. ``beta_rule="any_channel"`` is the rule of the original MATLAB code and
+   torchstain (drop a pixel with OD < β in any channel); it discards almost every pure-eosin pixel (eosin's red
+   OD is 0.07 per unit concentration, so below β until the concentration exceeds 2), which leaves the eosin
+   direction to mixed pixels and pulls it towards haematoxylin on eosin-poor images.
 2. Find the plane of the two leading directions of the OD vectors. By default this is the SVD of the uncentred
    OD tuples, as the paper's text says ("SVD on the OD tuples"): Beer–Lambert mixtures of two stains lie in a plane
    through the origin, which the uncentred second-moment matrix finds. ``centered=True`` uses the mean-centred
@@ -36,7 +39,8 @@ def _as_od(od_pixels) -> torch.Tensor:
     if od.ndim != 2 or od.shape[1] != 3:
         raise PathgenError(f"OD samples must have shape (N, 3), got {tuple(od.shape)}")
     od = od.to(torch.float64)
-    return od[torch.isfinite(od).all(dim=1)]
+    finite = torch.isfinite(od).all(dim=1)
+    return od if bool(finite.all()) else od[finite]
 
 
 def stain_plane(od: torch.Tensor, centered: bool = False) -> torch.Tensor:
@@ -69,7 +73,11 @@ def _angular_extremes(od: torch.Tensor, basis: torch.Tensor, alpha: float) -> np
     return vectors
 
 
-def fit_macenko(od_pixels, beta: float = 0.15, alpha: float = 1.0, centered: bool = False) -> StainMatrix:
+BETA_RULES = ("norm", "any_channel")
+
+
+def fit_macenko(od_pixels, beta: float = 0.15, alpha: float = 1.0, centered: bool = False,
+                beta_rule: str = "norm") -> StainMatrix:
     """Macenko stain vectors from pooled OD samples.
 
     Parameters
@@ -77,7 +85,10 @@ def fit_macenko(od_pixels, beta: float = 0.15, alpha: float = 1.0, centered: boo
     od_pixels : ndarray or tensor, (N, 3), float
         Optical densities of (tissue) pixels, e.g. sampled from many tiles of one slide.
     beta : float
-        OD threshold: samples with OD < beta in any channel are dropped.
+        OD threshold for transparent pixels.
+    beta_rule : {"norm", "any_channel"}
+        Drop samples whose OD norm is below ``beta`` (default), or that have OD < ``beta`` in any channel
+        (original Macenko code).
     alpha : float
         Angular percentile in percent: the stain directions are the ``alpha`` and ``100 - alpha`` percentiles of
         the angle distribution.
@@ -96,15 +107,20 @@ def fit_macenko(od_pixels, beta: float = 0.15, alpha: float = 1.0, centered: boo
     """
     if not 0.0 <= alpha < 50.0:
         raise PathgenError(f"alpha must lie in [0, 50), got {alpha}")
+    if beta_rule not in BETA_RULES:
+        raise PathgenError(f"unknown beta_rule {beta_rule!r} (choose {', '.join(BETA_RULES)})")
     od = _as_od(od_pixels)
-    od = od[(od >= beta).all(dim=1)]
+    if beta_rule == "norm":
+        od = od[torch.linalg.vector_norm(od, dim=1) >= beta]
+    else:
+        od = od[(od >= beta).all(dim=1)]
     if od.shape[0] < MIN_FIT_PIXELS:
-        raise NoTissueError(f"only {od.shape[0]} pixels have OD >= {beta} in every channel; "
+        raise NoTissueError(f"only {od.shape[0]} pixels pass the OD threshold beta={beta} ({beta_rule}); "
                             f"at least {MIN_FIT_PIXELS} are needed to fit stains")
     basis = stain_plane(od, centered=centered)
     vectors = order_he(_angular_extremes(od, basis, alpha))
     if np.any(np.clip(vectors, 0, None).sum(axis=1) <= 1e-9):
         raise NoTissueError("the OD samples do not span two non-negative stain directions")
     return StainMatrix(vectors, "macenko",
-                       {"beta": float(beta), "alpha": float(alpha), "centered": bool(centered),
-                        "pixels": int(od.shape[0])})
+                       {"beta": float(beta), "beta_rule": beta_rule, "alpha": float(alpha),
+                        "centered": bool(centered), "pixels": int(od.shape[0])})

@@ -120,9 +120,9 @@ def _linear_to_srgb(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1.0 / 2.4) - 0.055)
 
 
-# Linearised sRGB of every uint8 value times each channel's Y coefficient: Y = lut[r,0] + lut[g,1] + lut[b,2].
-_Y_LUT = (_srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0)[:, None]
-          * torch.as_tensor(_XYZ_FROM_RGB[1])[None, :]).to(torch.float32)
+# Linearised sRGB of every uint8 value, and times each channel's Y coefficient: Y = lut[r,0] + lut[g,1] + lut[b,2].
+_LINEAR_LUT = _srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).to(torch.float32)
+_Y_LUT = (_LINEAR_LUT.double()[:, None] * torch.as_tensor(_XYZ_FROM_RGB[1])[None, :]).to(torch.float32)
 
 
 def _f_lab(t: torch.Tensor) -> torch.Tensor:
@@ -133,24 +133,35 @@ def _f_lab_inv(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > 0.2068966, t ** 3, (t - 16.0 / 116.0) / 7.787)
 
 
-def luminosity(rgb):
-    """CIELAB lightness ``L/100`` in [0, 1] of uint8 RGB (D65, as skimage.color.rgb2lab); (..., 3) -> (...)."""
-    t = as_tensor(rgb)
+def _relative_luminance(t: torch.Tensor) -> torch.Tensor:
+    """CIE Y in [0, 1] of (..., 3) RGB (uint8 through a lookup table)."""
     if t.dtype == torch.uint8:
         lut = _Y_LUT.to(t.device)
         idx = t.long()
-        y = lut[idx[..., 0], 0] + lut[idx[..., 1], 1] + lut[idx[..., 2], 2]
-    else:
-        lin = _srgb_to_linear(t.to(torch.float32) / 255.0)
-        y = lin @ torch.as_tensor(_XYZ_FROM_RGB[1], dtype=torch.float32, device=t.device)
-    lum = (116.0 * _f_lab(y) - 16.0) / 100.0
+        return lut[idx[..., 0], 0] + lut[idx[..., 1], 1] + lut[idx[..., 2], 2]
+    lin = _srgb_to_linear(t.to(torch.float32) / 255.0)
+    return lin @ torch.as_tensor(_XYZ_FROM_RGB[1], dtype=torch.float32, device=t.device)
+
+
+def _luminance_of_lightness(lightness: float) -> float:
+    """CIE Y with CIELAB ``L/100 = lightness`` (inverse of the L formula), for thresholds without cube roots."""
+    return float(_f_lab_inv(torch.tensor((100.0 * lightness + 16.0) / 116.0, dtype=torch.float64)))
+
+
+def luminosity(rgb):
+    """CIELAB lightness ``L/100`` in [0, 1] of uint8 RGB (D65, as skimage.color.rgb2lab); (..., 3) -> (...)."""
+    t = as_tensor(rgb)
+    lum = (116.0 * _f_lab(_relative_luminance(t)) - 16.0) / 100.0
     return _like_input(lum.clamp_(0.0, 1.0), rgb)
 
 
 def rgb_to_lab(rgb) -> torch.Tensor:
     """CIELAB (D65, 2°) of RGB in [0, 255]; (..., 3) -> (..., 3) float32 tensor, L in [0, 100]."""
-    t = as_tensor(rgb).to(torch.float32)
-    lin = _srgb_to_linear(t / 255.0)
+    t = as_tensor(rgb)
+    if t.dtype == torch.uint8:
+        lin = _LINEAR_LUT.to(t.device)[t.long()]
+    else:
+        lin = _srgb_to_linear(t.to(torch.float32) / 255.0)
     m = torch.as_tensor(_XYZ_FROM_RGB / _WHITE_D65[:, None], dtype=torch.float32, device=t.device)
     f = _f_lab(lin @ m.T)
     lightness = 116.0 * f[..., 1] - 16.0
@@ -174,8 +185,9 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 
 def tissue_mask(rgb, luminosity_threshold: float = 0.8):
     """Boolean tissue mask: ``MIN_TISSUE_LUMINOSITY <= L/100 < luminosity_threshold``; (..., 3) -> (...)."""
-    lum = as_tensor(luminosity(as_tensor(rgb)))
-    mask = (lum < luminosity_threshold) & (lum >= MIN_TISSUE_LUMINOSITY)
+    # Compare CIE Y with the thresholds mapped to Y (L is monotone in Y): no cube root per pixel.
+    y = _relative_luminance(as_tensor(rgb))
+    mask = (y < _luminance_of_lightness(luminosity_threshold)) & (y >= _luminance_of_lightness(MIN_TISSUE_LUMINOSITY))
     return _like_input(mask, rgb)
 
 
@@ -213,6 +225,8 @@ def estimate_i0(pixels, top_fraction: float = 0.01, band: float = 0.03, min_lumi
     """
     px = as_tensor(pixels).reshape(-1, 3)
     fallback = np.full(3, float(default))
+    # Only pixels that could be in the background band matter; CIELAB of the rest is never needed.
+    px = px[_relative_luminance(px) >= _luminance_of_lightness(min_luminosity - band)]
     if px.shape[0] == 0:
         return fallback
     lab = rgb_to_lab(px)
@@ -231,12 +245,20 @@ def estimate_i0(pixels, top_fraction: float = 0.01, band: float = 0.03, min_lumi
 
 # ----------------------------------------------------------------------------------------------- pixel sampling
 class PixelReservoir:
-    """A uniform random sample of at most ``n`` pixels from a stream of images or tiles.
+    """A uniform random sample of at most ``n`` pixels from a stream of images or tiles, in O(n) per image.
 
-    Every pixel offered gets a random key and the ``n`` smallest keys are kept (bottom-k sampling), so the sample
-    is uniform over everything offered, and memory stays O(n) however long the stream. With ``key`` given to
-    :meth:`add` (e.g. a tile index) the random numbers depend on (seed, key) only, so the sample does not depend
-    on the order in which tiles arrive (parallel readers).
+    Every pixel offered has an independent uniform key, fixed by (seed, image key, position), and the reservoir
+    keeps the smallest keys below a bound ``tau`` (bottom-k sampling), so the sample is uniform over everything
+    offered. Only pixels whose key can still matter are touched: for an image much larger than ``n`` the keys are
+    generated in increasing order (Rényi's representation of uniform order statistics) together with the
+    positions holding them (a prefix of a random permutation), stopping at ``tau`` — O(tau·P) work instead of
+    O(P). ``tau`` is the smaller of the current n-th smallest key and ``oversample * n / (P * pass_rate)``, so a
+    single large image is sampled without drawing a key for every pixel.
+
+    A ``predicate`` (e.g. the tissue mask) is applied to the candidates only; its pass rate, measured on a small
+    pilot draw, sets how many candidates are drawn. With ``key`` given to :meth:`add` (e.g. a tile index) every
+    random number depends on (seed, key) alone and the final sample does not depend on the order in which tiles
+    arrive (parallel readers); without it, on the order of the calls.
 
     Parameters
     ----------
@@ -244,49 +266,109 @@ class PixelReservoir:
         Sample size.
     seed : int
         Seed of the random keys.
+    oversample : float
+        Candidates drawn per image as a multiple of ``n``; just under 1 so that a single image is sampled without
+        a selection step (its sample then holds about ``oversample * n`` pixels).
     """
 
-    def __init__(self, n: int, seed: int = 0):
+    PILOT = 4096
+    BATCH = 1 << 14  # fixed batch of the sequential draws: keeps every prefix identical whatever tau is
+
+    def __init__(self, n: int, seed: int = 0, oversample: float = 0.97):
         if n <= 0:
             raise PathgenError(f"sample size must be positive, got {n}")
         self.n = int(n)
         self.seed = int(seed)
+        self.oversample = float(oversample)
         self.seen = 0
         self._calls = 0
+        self._tau = 1.0  # stored = offered (passing) pixels whose key < tau
         self._keys = np.empty(0, dtype=np.float64)
         self._pixels = np.empty((0, 3), dtype=np.uint8)
-        self._threshold = np.inf  # the n-th smallest key once the reservoir is full
 
-    def add(self, pixels, key: int | None = None) -> None:
-        """Offer pixels, (..., 3) uint8 (numpy or tensor); ``key`` makes the draw order-independent."""
+    def add(self, pixels, key: int | None = None, predicate=None) -> None:
+        """Offer pixels, (..., 3) uint8 (numpy or tensor).
+
+        ``key`` makes the draw order-independent; ``predicate`` maps (m, 3) uint8 to an (m,) bool mask of the
+        pixels that may enter the sample.
+        """
         px = np.asarray(pixels.cpu() if isinstance(pixels, torch.Tensor) else pixels).reshape(-1, 3)
         if px.dtype != np.uint8:
             raise PathgenError(f"pixels must be uint8 RGB, got {px.dtype}")
-        rng = np.random.default_rng([self.seed, self._calls if key is None else int(key) + (1 << 40)])
+        stream = [self.seed, self._calls if key is None else int(key) + (1 << 40)]
         self._calls += 1
-        self.seen += px.shape[0]
-        if px.shape[0] == 0:
+        total = px.shape[0]
+        self.seen += total
+        if total == 0:
             return
-        keys = rng.random(px.shape[0])
-        take = keys < self._threshold
-        if not take.all():
-            keys, px = keys[take], px[take]
+        pass_rate = 1.0
+        if predicate is not None:
+            pilot_rng = np.random.default_rng(stream + [0])
+            pilot = px[pilot_rng.integers(0, total, size=min(total, self.PILOT))]
+            pass_rate = max(float(np.count_nonzero(predicate(pilot))), 1.0) / pilot.shape[0]
+        tau = min(self._tau, self.oversample * self.n / (total * pass_rate))
+        if tau < self._tau:
+            self._restrict(tau)
+        if total <= 4 * self.n:
+            keys = np.random.default_rng(stream + [1]).random(total)
+            positions = np.flatnonzero(keys < tau)
+            keys = keys[positions]
+        else:
+            keys, positions = self._smallest_keys(total, tau, stream)
+        candidates = px[positions]
+        if predicate is not None and candidates.shape[0]:
+            keep = np.asarray(predicate(candidates), dtype=bool)
+            keys, candidates = keys[keep], candidates[keep]
         self._keys = np.concatenate([self._keys, keys])
-        self._pixels = np.concatenate([self._pixels, px])
-        if self._keys.size >= 2 * self.n:
+        self._pixels = np.concatenate([self._pixels, candidates])
+        if self._keys.size > self.n:
             self._shrink()
 
+    def _smallest_keys(self, total: int, tau: float, stream: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The keys below ``tau`` of ``total`` iid uniform keys, in increasing order, and their positions."""
+        key_rng = np.random.default_rng(stream + [1])
+        log_survival = 0.0  # log(1 - U_(i)) = -sum_j E_j / (total - j + 1)
+        keys: list[np.ndarray] = []
+        drawn = 0
+        limit = -np.log1p(-tau) if tau < 1.0 else np.inf
+        while drawn < total:
+            m = min(self.BATCH, total - drawn)
+            steps = key_rng.standard_exponential(m) / (total - drawn - np.arange(m))
+            cum = log_survival + np.cumsum(steps)
+            below = cum < limit
+            keys.append(-np.expm1(-cum[below]))
+            drawn += m
+            log_survival = cum[-1]
+            if not below[-1]:
+                break
+        k = np.concatenate(keys)
+        pos_rng = np.random.default_rng(stream + [2])
+        taken = np.zeros(total, dtype=bool)
+        positions: list[np.ndarray] = []
+        found = 0
+        while found < k.size:
+            cand = pos_rng.integers(0, total, size=self.BATCH)
+            _, first = np.unique(cand, return_index=True)
+            cand = cand[np.sort(first)]
+            cand = cand[~taken[cand]]
+            taken[cand] = True
+            positions.append(cand)
+            found += cand.size
+        return k, np.concatenate(positions)[: k.size]
+
+    def _restrict(self, tau: float) -> None:
+        keep = self._keys < tau
+        self._keys, self._pixels = self._keys[keep], self._pixels[keep]
+        self._tau = tau
+
     def _shrink(self) -> None:
-        if self._keys.size > self.n:
-            keep = np.argpartition(self._keys, self.n - 1)[: self.n]
-            self._keys, self._pixels = self._keys[keep], self._pixels[keep]
-            self._threshold = float(self._keys.max())
+        keep = np.argpartition(self._keys, self.n - 1)[: self.n]
+        self._keys, self._pixels = self._keys[keep], self._pixels[keep]
+        self._tau = float(np.nextafter(self._keys.max(), np.inf))
 
     def sample(self) -> np.ndarray:
-        """The sample so far, (m, 3) uint8 with m = min(n, pixels seen), in a deterministic order."""
-        self._shrink()
-        order = np.argsort(self._keys, kind="stable")
-        return self._pixels[order].copy()
+        """The sample so far, (m, 3) uint8 with m <= n, ordered by key (deterministic for the seed and keys)."""
+        return self._pixels[np.argsort(self._keys, kind="stable")]
 
 
 def _check_rgb(image, what: str = "image") -> np.ndarray | torch.Tensor:
@@ -334,11 +416,15 @@ def sample_pixels(images, n: int = 200_000, seed: int = 0,
     """
     thr = 0.8 if luminosity_threshold is None else float(luminosity_threshold)
     tissue, everything = PixelReservoir(n, seed), PixelReservoir(n, seed + 1)
+
+    def is_tissue(px: np.ndarray) -> np.ndarray:
+        return tissue_mask(px, thr)
+
     for i, image in enumerate(_iter_images(images)):
         _check_rgb(image)
         px = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image).reshape(-1, 3)
         everything.add(px, key=i)
-        tissue.add(px[tissue_mask(px, thr)], key=i)
+        tissue.add(px, key=i, predicate=is_tissue)
     return tissue.sample(), everything.sample()
 
 

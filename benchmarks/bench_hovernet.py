@@ -1,0 +1,91 @@
+"""Accuracy and tile throughput of a HoVer-Net checkpoint on held-out generated tiles.
+
+Tiles come from :func:`pathgen.data.synth.render_tile` with the dataset seeds of ``write_tile_dataset(seed=...)``
+(pass a seed the model was not trained or validated on), cycling over the sites. Reported: per-tile means of PQ,
+DQ, SQ, AJI, AJI+ and DICE1 (tiles with no nucleus on either side skipped), CoNIC mPQ+ over the 6 Lizard types
+(counts pooled over the tiles), and the CPU time of :func:`pathgen.segment.infer.segment_tile_batch` (network +
+post-processing) in tiles/s and Mpx/s.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_hovernet.py --model sample_data/models/hovernet_small --seed 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from _common import append_results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="sample_data/models/hovernet_small", help="checkpoint folder")
+    ap.add_argument("--seed", type=int, default=3, help="dataset seed of the held-out tiles")
+    ap.add_argument("-n", type=int, default=40, help="number of tiles")
+    ap.add_argument("--size", type=int, default=256, help="tile side (px)")
+    ap.add_argument("--sites", default="A,B,C,D,E", help="sites to cycle over")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from pathgen.data.synth import render_tile, tile_seed
+    from pathgen.metrics import instance_scores, mpq_plus_conic
+    from pathgen.segment.checkpoint import load_model
+    from pathgen.segment.infer import segment_tile_batch
+
+    model = load_model(args.model)
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    tiles = [render_tile(args.size, tile_seed(args.seed, i), sites[i % len(sites)], model.config.mpp)
+             for i in range(args.n)]
+    images = np.stack([t.image for t in tiles])
+
+    segment_tile_batch(model, images[:1])  # warm-up (first-call allocations)
+    t0 = time.perf_counter()
+    nuclei = []
+    for start in range(0, len(images), args.batch_size):
+        nuclei += segment_tile_batch(model, images[start:start + args.batch_size]).nuclei
+    seconds = time.perf_counter() - t0
+
+    rows = [instance_scores(t.instances, n.instances) for t, n in zip(tiles, nuclei)
+            if t.instances.any() or n.instances.any()]
+    keys = ("pq", "dq", "sq", "aji", "aji_plus", "dice1")
+    means = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    n_true = sum(int(r["n_true"]) for r in rows)
+    n_pred = sum(int(r["n_pred"]) for r in rows)
+    typed = None
+    if model.config.nr_types == 7:
+        true = [np.stack([t.instances, t.classes], -1) for t in tiles]
+        pred = [np.stack([n.instances, n.class_map()], -1) for n in nuclei]
+        typed = mpq_plus_conic(true, pred, n_classes=6)
+    mpx = images.shape[0] * images.shape[1] * images.shape[2] / 1e6
+
+    lines = [f"- model: `{args.model}` ({sum(p.numel() for p in model.parameters()):,} parameters, "
+             f"{model.config.nr_types} TP channels, {model.config.mpp} µm/px)",
+             f"- held-out tiles: {args.n} x {args.size}² px from `write_tile_dataset(seed={args.seed})` seeds, sites "
+             f"{','.join(sites)}; {n_true} true / {n_pred} predicted nuclei",
+             f"- torch threads {args.threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", "",
+             "| PQ | DQ | SQ | AJI | AJI+ | Dice (DICE1) | mPQ+ (6 types) |", "|---|---|---|---|---|---|---|",
+             "| " + " | ".join(f"{means[k]:.4f}" for k in keys) + " | "
+             + (f"{typed.mpq_plus:.4f}" if typed is not None else "n/a") + " |", ""]
+    if typed is not None:
+        lines += ["| type | PQ+ | TP | FP | FN |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {c.pq:.4f} | {c.tp} | {c.fp} | {c.fn} |" for name, c in typed.per_class.items()]
+        lines.append("")
+    lines.append(f"- segment_tile_batch on CPU (network + post-processing): {args.n / seconds:.2f} tiles/s, "
+                 f"{mpx / seconds:.3f} Mpx/s ({seconds:.1f} s for {args.n} tiles, batch {args.batch_size}; the "
+                 f"machine is shared, so timings are indicative)")
+    if args.no_append:
+        print("\n".join(lines))
+    else:
+        append_results("HoVer-Net on held-out generated tiles", lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""SAASN networks, SSIM and loss terms: shapes, hand-computed values, gradients, boundary control."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pathgen.errors import PathgenError
+from pathgen.saasn.buffer import ReplayBuffer
+from pathgen.saasn.losses import (LossConfig, adversarial_loss, discriminator_losses, dissimilarity,
+                                  generator_loss)
+from pathgen.saasn.networks import SAASN, PatchDiscriminator, SAASNConfig, SelfAttention, UNetGenerator, preset
+from pathgen.saasn.ssim import ssim
+
+torch.set_num_threads(1)
+
+
+def _batch(seed: int, n: int = 2, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def _model(seed: int = 0) -> SAASN:
+    torch.manual_seed(seed)
+    return SAASN(preset("tiny"))
+
+
+def test_torch_ssim_equals_metrics_ssim_gray():
+    from pathgen.metrics.image import ssim_gray
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (2, 40, 37, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+    ta = torch.from_numpy(a).permute(0, 3, 1, 2).double() / 255
+    tb = torch.from_numpy(b).permute(0, 3, 1, 2).double() / 255
+    ours = ssim(ta, tb)
+    assert ours.shape == (2,)
+    for i in range(2):
+        assert ours[i].item() == pytest.approx(ssim_gray(a[i], b[i]), abs=1e-9)
+    assert ssim(ta, ta).numpy() == pytest.approx([1.0, 1.0], abs=1e-9)
+
+
+def test_ssim_ignores_colour_but_not_structure():
+    # Two images with the same luma but different colours have grayscale SSIM 1.
+    x = torch.rand(1, 3, 24, 24, dtype=torch.float64)
+    gray = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    recoloured = torch.stack([gray, gray, gray], dim=1)
+    assert ssim(x, recoloured).item() == pytest.approx(1.0, abs=1e-9)
+    assert ssim(x, recoloured, grayscale=False).item() < 0.999
+
+
+def test_attention_starts_as_identity_and_sdpa_matches_matmul():
+    torch.manual_seed(0)
+    attn = SelfAttention(16, "matmul")
+    x = torch.randn(2, 16, 6, 5)
+    assert attn.mu.item() == 0.0
+    assert torch.equal(attn(x), x)
+    assert attn.query.weight.shape[0] == 2 and attn.value.weight.shape[0] == 16  # C/8 and C
+    fused = SelfAttention(16, "sdpa")
+    fused.load_state_dict(attn.state_dict())
+    attn.eval(), fused.eval()
+    big = torch.randn(1, 16, 72, 64)  # 4608 positions: above the explicit-product limit, so the fused kernel runs
+    assert torch.allclose(attn.attend(big), fused.attend(big), atol=1e-4)
+    # hand check of the definition on 2 positions: o_j = sum_i softmax_i(k_i . q_j) v_i
+    x2 = torch.randn(1, 16, 1, 2)
+    q = attn.query(x2).flatten(2)[0].T
+    k = attn.key(x2).flatten(2)[0].T
+    v = attn.value(x2).flatten(2)[0].T
+    w = torch.softmax(q @ k.T, dim=1)
+    assert torch.allclose(attn.attend(x2).flatten(2)[0].T, w @ v, atol=1e-6)
+
+
+def test_network_shapes_and_spectral_norm():
+    cfg = preset("tiny")
+    g, d = UNetGenerator(cfg), PatchDiscriminator(cfg)
+    x = _batch(0)
+    y = g(x)
+    assert y.shape == x.shape and y.abs().max() <= 1.0
+    assert d(x).shape == (2, 1, 6, 6)
+    assert all(hasattr(m, "parametrizations") for m in g.modules() if isinstance(m, torch.nn.Conv2d))
+    with pytest.raises(PathgenError):
+        g(torch.zeros(1, 3, 40, 40))  # not a multiple of 2**4
+    with pytest.raises(PathgenError):
+        SAASNConfig(attention="flash")
+
+
+def test_adversarial_loss_hand_values():
+    half = torch.full((2, 1, 3, 3), 0.5)
+    assert adversarial_loss(half, True, "lsgan").item() == pytest.approx(0.25)
+    assert adversarial_loss(half, False, "lsgan").item() == pytest.approx(0.25)
+    zero = torch.zeros(2, 1, 3, 3)
+    assert adversarial_loss(zero, True, "bce").item() == pytest.approx(math.log(2))
+    ones = torch.ones(1, 1, 2, 2)
+    assert adversarial_loss(ones, True, "lsgan").item() == 0.0
+    assert adversarial_loss(ones, False, "lsgan").item() == 1.0
+    with pytest.raises(PathgenError):
+        adversarial_loss(ones, True, "wgan")
+
+
+def test_dissimilarity_is_half_one_minus_ssim():
+    a = _batch(1)
+    assert dissimilarity(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    b = _batch(2)
+    expect = 0.5 * (1 - ssim((a + 1) / 2, (b + 1) / 2)).mean()
+    assert dissimilarity(a, b).item() == pytest.approx(expect.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lsgan", "bce"])
+def test_every_generator_term_has_shape_value_and_gradient(kind):
+    model = _model()
+    x, y = _batch(1), _batch(2)
+    cfg = LossConfig(adversarial=kind)
+    total, terms, outs = generator_loss(model, x, y, cfg)
+    assert total.shape == () and set(terms) == {"adv_g", "cycle", "scycle", "dssim", "identity"}
+    assert outs.fake_y.shape == x.shape and outs.rec_y.shape == y.shape
+    weighted = terms["adv_g"] + 10 * terms["cycle"] + 10 * terms["scycle"] + 10 * terms["dssim"] \
+        + 0.1 * terms["identity"]
+    assert total.item() == pytest.approx(weighted.item(), rel=1e-6)
+    gens = [p for g in model.generators() for p in g.parameters()]
+    for name, term in terms.items():
+        assert term.shape == () and torch.isfinite(term)
+        grads = torch.autograd.grad(term, gens, retain_graph=True, allow_unused=True)
+        norm = sum(float(g.abs().sum()) for g in grads if g is not None)
+        assert norm > 0, f"{name} gives the generators no gradient"
+    loss_dx, loss_dy, dterms = discriminator_losses(model, x, y, outs.fake_x, outs.fake_y, cfg)
+    for loss, disc in ((loss_dx, model.d_x), (loss_dy, model.d_y)):
+        assert loss.shape == () and torch.isfinite(loss)
+        grads = torch.autograd.grad(loss, list(disc.parameters()), retain_graph=True)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+    # the fakes are detached: discriminator losses give the generators nothing
+    assert all(g is None for g in torch.autograd.grad(loss_dx + loss_dy, gens, allow_unused=True))
+
+
+def test_switched_off_terms_are_zero():
+    model = _model()
+    total, terms, _ = generator_loss(model, _batch(1), _batch(2), LossConfig.cyclegan())
+    assert terms["scycle"].item() == 0.0 and terms["dssim"].item() == 0.0
+    assert total.item() == pytest.approx((terms["adv_g"] + 10 * terms["cycle"] + 0.1 * terms["identity"]).item(),
+                                         rel=1e-6)
+
+
+def _grads(loss, params):
+    return [g.clone() for g in torch.autograd.grad(loss, params, allow_unused=False)]
+
+
+def test_boundary_control_changes_the_dx_update_and_nothing_else():
+    base = _model(5)
+    x, y = _batch(3), _batch(4)
+    with torch.no_grad():
+        fake_x, fake_y = base.g_y2x(y), base.g_x2y(x)
+    results = {}
+    for switch in (True, False):
+        cfg = LossConfig(boundary_control=switch)
+        m = copy.deepcopy(base)  # same weights, power-iteration vectors and BatchNorm statistics
+        loss_dx, loss_dy, terms = discriminator_losses(m, x, y, fake_x, fake_y, cfg)
+        mg = copy.deepcopy(base)
+        g_total, _, _ = generator_loss(mg, x, y, cfg)
+        results[switch] = {
+            "dx": _grads(loss_dx, list(m.d_x.parameters())),
+            "dy": _grads(loss_dy, list(m.d_y.parameters())),
+            "g": _grads(g_total, [p for g in mg.generators() for p in g.parameters()]),
+            "boundary": terms["boundary"].item(), "loss_dx": loss_dx.item(),
+        }
+    on, off = results[True], results[False]
+    assert off["boundary"] == 0.0 and on["boundary"] > 0.0
+    # LSGAN boundary term by hand: mean of D_X(y)^2 (real targets carry the "fake" label 0)
+    d_x_of_y = copy.deepcopy(base).d_x(y)
+    assert on["boundary"] == pytest.approx(float((d_x_of_y.detach() ** 2).mean()), rel=1e-5)
+    assert on["loss_dx"] == pytest.approx(off["loss_dx"] + 0.5 * on["boundary"], rel=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(on["dx"], off["dx"]))
+    assert all(torch.equal(a, b) for a, b in zip(on["dy"], off["dy"]))
+    assert all(torch.equal(a, b) for a, b in zip(on["g"], off["g"]))
+
+
+def test_replay_buffer_rule_and_state_round_trip():
+    buf = ReplayBuffer(3, seed=0)
+    first = torch.arange(3.0).view(3, 1, 1, 1)
+    assert torch.equal(buf.query(first), first)  # filling: returned as given
+    assert len(buf) == 3
+    new = torch.full((8, 1, 1, 1), 9.0)
+    out = buf.query(new)
+    assert out.shape == new.shape
+    values = set(out.flatten().tolist())
+    assert values <= {0.0, 1.0, 2.0, 9.0} and 9.0 in values and len(buf) == 3
+    tensors, state = buf.state()
+    again = ReplayBuffer(3, seed=123)
+    again.load_state(tensors, state)
+    probe = torch.full((6, 1, 1, 1), 7.0)
+    assert torch.equal(buf.query(probe), again.query(probe))
+    assert torch.equal(ReplayBuffer(0).query(probe), probe)
