@@ -15,8 +15,8 @@ WORK = HERE / "work"  # generated inputs (gitignored)
 RESULTS = HERE / "RESULTS.md"
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run ``cmd``; return (wall seconds, peak RSS in MB of the child and its children)."""
+def run_measured(cmd: list[str], env: dict | None = None, cpu: bool = False):
+    """Run ``cmd``; return (wall seconds, peak RSS in MB) — and CPU seconds (user + system) with ``cpu=True``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -26,6 +26,8 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({code}): {err[-2000:]}")
+    if cpu:
+        return wall, ru.ru_maxrss / 1024.0, ru.ru_utime + ru.ru_stime
     return wall, ru.ru_maxrss / 1024.0
 
 

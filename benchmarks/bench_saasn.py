@@ -5,6 +5,7 @@ Steps (each a sub-command; ``all`` runs them in order)::
     python benchmarks/bench_saasn.py prepare     # tiles of the sample data -> benchmarks/work/saasn/{train,test}
     python benchmarks/bench_saasn.py train       # SAASN and the CycleGAN ablation, CPU, one thread each
     python benchmarks/bench_saasn.py eval        # table -> stdout, JSON, and a section of RESULTS.md
+    python benchmarks/bench_saasn.py ship        # the SAASN run's X->Y generator -> sample_data/models/saasn_small
 
 Sites. Sources X: generated tissue at sites B (eosin-heavy, warm light), C (haematoxylin-heavy, cool light) and
 D (pale, faded), plus the real slide ``cmu_small_region.svs`` (0.499 µm/px). Target Y: the real image
@@ -148,8 +149,18 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
     ablation_run = ablation_run or work / "runs" / "cyclegan"
     sources = {p.name: p for p in source_dirs(work, "test")}
     t0 = time.perf_counter()
-    report = evaluate_stain(sources, work / "test" / "target", saasn=saasn_run,
-                            ablation=ablation_run if ablation_run.exists() else None, device="cpu")
+    # The model-free rows do not change between runs: they are computed once and cached.
+    cache = work / "eval_cache.json"
+    fixed = ("identity", "macenko", "vahadane")
+    cached = json.loads(cache.read_text()) if cache.is_file() else None
+    if cached is None or sorted(cached["methods"]) != sorted(fixed):
+        cached = evaluate_stain(sources, work / "test" / "target", methods=fixed, device="cpu")
+        cache.write_text(json.dumps(cached, indent=2) + "\n")
+    models = evaluate_stain(sources, work / "test" / "target", saasn=saasn_run,
+                            ablation=ablation_run if ablation_run.exists() else None,
+                            methods=("saasn", "cyclegan"), device="cpu")
+    order = ["identity", "macenko", "vahadane", *models["methods"]]
+    report = {**models, "methods": order, "results": {**cached["results"], **models["results"]}}
     seconds = time.perf_counter() - t0
     table = format_table(report)
     print(table)
@@ -167,9 +178,78 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
     return report
 
 
+SHIP_DIR = HERE.parent / "sample_data" / "models" / "saasn_small"
+
+
+def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR) -> None:
+    """Copy the run's X→Y generator and config into ``dest`` with TRAINED_WITH.md (paths made repo-relative)."""
+    import shutil
+
+    run = run or work / "runs" / "saasn"
+    repo = HERE.parent
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "generator.safetensors", dest / "generator.safetensors")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["generators"] = {"x2y": "generator.safetensors"}  # the reverse generator is not shipped (size)
+    for key in ("sources", "targets"):
+        cfg[key] = [os.path.relpath(p, repo) if os.path.isabs(p) else p for p in cfg.get(key, [])]
+    (dest / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    run_info = json.loads((run / "run.json").read_text())
+    train_cfg = run_info["train"]
+    size_mb = (dest / "generator.safetensors").stat().st_size / 2 ** 20
+    import csv
+
+    with (run / "losses.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # "seconds" restarts at 0 when a run is resumed: add up each segment's last value
+    train_seconds = sum(float(a["seconds"]) for a, b in zip(rows, rows[1:] + [None])
+                        if b is None or float(b["seconds"]) < float(a["seconds"]))
+    note = ("" if run_info.get("resumed_at_epoch") is None else
+            f"The run was interrupted and resumed at epoch {run_info['resumed_at_epoch']} (resume is exact).\n")
+    text = f"""# SAASN small model (X→Y generator)
+
+Trained on CPU (one torch thread) from the repository's sample data:
+
+- sources X (pooled, sampled equally per site): generated tissue of sites {', '.join(SYNTH_SITES)}
+  (`pathgen.data.synth`, 256-px tiles, {SYNTH_TRAIN} per site) and tiles of the real slide
+  `cmu_small_region.svs` (top two thirds, level 0, 0.499 µm/px);
+- target Y: tiles of the real image `target_image.png` (columns x < 700).
+
+Architecture preset `small` ({run_info["parameters"]["generator"]:,} generator parameters, {size_mb:.1f} MB).
+Loss weights α = β = γ = 10, δ = 0.1, LSGAN, boundary control on. Adam 2e-4 (0.5, 0.999), batch
+{train_cfg["batch_size"]}, 128-px crops, {train_cfg["epochs"]} epochs × {run_info["steps_per_epoch"]} steps, linear
+learning-rate decay over the second half, seed {train_cfg["seed"]}. Training loop wall time (losses.csv):
+{train_seconds / 60:.0f} min on 2 CPU cores shared with other jobs.
+{note}
+Exact commands (from the repository root):
+
+```
+python benchmarks/bench_saasn.py prepare
+python benchmarks/bench_saasn.py train --which saasn --epochs {train_cfg["epochs"]} --steps {run_info["steps_per_epoch"]} --seed {train_cfg["seed"]}
+python benchmarks/bench_saasn.py ship
+```
+
+`train` calls `pathgen.saasn.train.train_saasn`; the same run from the command line is
+
+```
+pathgen train saasn --preset small --balance sites --epochs {train_cfg["epochs"]} --steps-per-epoch {run_info["steps_per_epoch"]} \\
+    --batch-size {train_cfg["batch_size"]} --seed {train_cfg["seed"]} --device cpu --threads 1 \\
+    --source benchmarks/work/saasn/train/B --source benchmarks/work/saasn/train/C \\
+    --source benchmarks/work/saasn/train/D --source benchmarks/work/saasn/train/cmu \\
+    --target benchmarks/work/saasn/train/target -o benchmarks/work/saasn/runs/saasn
+```
+
+Use: `pathgen normalize slide.svs -o out.tif --method saasn` (this folder is the default checkpoint), or
+`pathgen.saasn.infer.normalize_slide_saasn(slide, out, "sample_data/models/saasn_small")`. Measured quality:
+`benchmarks/RESULTS.md`, section "SAASN stain normalisation".
+"""
+    (dest / "TRAINED_WITH.md").write_text(text)
+    print(f"shipped {dest} ({size_mb:.1f} MB)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("prepare", "train", "eval", "all"))
+    ap.add_argument("step", choices=("prepare", "train", "eval", "ship", "all"))
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--which", choices=("both", "saasn", "cyclegan"), default="both")
     ap.add_argument("--epochs", type=int, default=8)
@@ -185,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         train(args.work, args.which, args.epochs, args.steps, args.seed)
     if args.step in ("eval", "all"):
         evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append)
+    if args.step in ("ship", "all"):
+        ship(args.work, args.saasn_run)
     return 0
 
 

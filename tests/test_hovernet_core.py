@@ -156,6 +156,19 @@ def test_empty_maps_give_no_instances():
         instances_from_maps(np.zeros((32, 32)), np.zeros((2, 16, 16)))
 
 
+def test_blob_without_marker_is_kept_unless_reference_behaviour_asked():
+    inst = np.zeros((40, 40), np.int32)
+    yy, xx = np.mgrid[:40, :40]
+    inst[(yy - 12) ** 2 + (xx - 12) ** 2 <= 36] = 1  # a disc gets a marker
+    inst[30:32, 5:35] = 2  # a 2-px thin bar: the 5x5 opening erases its marker
+    np_prob = (inst > 0).astype(np.float32)
+    hv = hv_maps(inst)
+    kept = instances_from_maps(np_prob, hv)
+    assert kept.max() == 2 and (kept[30:32, 5:35] == 2).all()
+    dropped = instances_from_maps(np_prob, hv, PostProcessConfig(keep_unmarked=False))
+    assert dropped.max() == 1 and not dropped[30:32].any()
+
+
 def test_instance_types_majority_vote_by_hand():
     inst = np.zeros((4, 10), np.int32)
     inst[0] = 1
@@ -277,6 +290,14 @@ def test_encoder_weights_load_from_torch_and_safetensors_files(tmp_path):
     other = HoVerNet(preset_config("small"))
     with pytest.raises(PathgenError, match="shape"):
         load_encoder_weights(other, tmp_path / "enc.safetensors")
+    # an ImageNet ResNet has no conv_bot: allowed; a missing stage tensor is not
+    imagenet = {k: v for k, v in enc.items() if not k.startswith("conv_bot.")}
+    torch.save(imagenet, tmp_path / "imagenet.pt")
+    load_encoder_weights(build_model(tiny()), tmp_path / "imagenet.pt")
+    del imagenet["d2.units.0.conv2.weight"]
+    torch.save(imagenet, tmp_path / "broken.pt")
+    with pytest.raises(PathgenError, match="missing"):
+        load_encoder_weights(build_model(tiny()), tmp_path / "broken.pt")
 
 
 def test_segment_tile_batch_on_odd_sizes():

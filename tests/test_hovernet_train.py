@@ -189,3 +189,27 @@ def test_train_hovernet_command(tmp_path):
     app(args=args + ["--overwrite", "--preset", "tiny"], standalone_mode=False)
     with pytest.raises(PathgenError, match="unknown preset"):
         app(args=args + ["--overwrite", "--preset", "huge"], standalone_mode=False)
+
+
+def test_conic_and_pannuke_arrays_are_read_through_the_metrics_formats(tmp_path):
+    pytest.importorskip("pathgen.metrics.formats")
+    tiles = [fake_tile(s, 32) for s in (1, 2)]
+    conic = tmp_path / "conic"
+    conic.mkdir()
+    np.save(conic / "images.npy", np.stack([t.image for t in tiles]))
+    np.save(conic / "labels.npy", np.stack([np.stack([t.instances, t.classes], -1) for t in tiles]))
+    ds = open_nuclei_dataset(conic)  # detected from images.npy + labels.npy
+    assert len(ds) == 2 and ds.has_classes and ds.class_names[:3] == ("background", "neutrophil", "epithelial")
+    np.testing.assert_array_equal(ds[1].instances > 0, tiles[1].instances > 0)
+    np.testing.assert_array_equal(ds[1].classes, tiles[1].classes)
+    pannuke = tmp_path / "pannuke"
+    pannuke.mkdir()
+    masks = np.zeros((2, 32, 32, 6), np.float64)
+    for i, t in enumerate(tiles):
+        for c in (1, 2):
+            masks[i, ..., c - 1] = np.where(t.classes == c, t.instances, 0)
+    np.save(pannuke / "images.npy", np.stack([t.image for t in tiles]).astype(np.float64))
+    np.save(pannuke / "masks.npy", masks)
+    ds = open_nuclei_dataset(pannuke, "pannuke")
+    assert count_types(ds) == 6 and ds.class_names[1] == "neoplastic"
+    np.testing.assert_array_equal(ds[0].classes, tiles[0].classes)

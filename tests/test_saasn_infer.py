@@ -117,7 +117,7 @@ def test_slide_inference_is_seam_free_deterministic_and_matches_the_image_path(m
         out = tmp_path / f"out{k}.tif"
         report = normalize_slide_saasn(slide, out, folder, device="cpu", tile_size=48, overlap=8, batch_size=3,
                                        skip_background=False, compression="zlib")
-        assert report.processed == report.windows == 4 * 5
+        assert report.windows == report.extra["generator_windows"] == 4 * 5
         with open_slide(out) as s:
             assert s.dimensions == (200, 150)
             outs.append(s.read_region((0, 0), 0, (200, 150)))
@@ -132,19 +132,25 @@ def test_slide_inference_is_seam_free_deterministic_and_matches_the_image_path(m
         assert border.mean() <= 1.5 * np.median(inner)
 
 
-def test_background_windows_are_skipped_and_left_white(model_dir, make_slide, tmp_path):
+def test_glass_windows_are_skipped_and_get_the_generators_glass_colour(model_dir, make_slide, tmp_path):
     from pathgen.slide import open_slide
 
     folder, _ = model_dir
     image = tissue_like(256, 256, seed=2)
-    image[:, 192:] = 242  # a column of pure glass
-    slide = make_slide(image, name="tissue.tiff", mpp=2.0)  # coarse pixels: the blobs pass the area filter
+    image[:, 128:] = 242  # the right half is glass
+    slide = make_slide(image, name="tissue.tiff", mpp=2.0)
     out = tmp_path / "out.tif"
     report = normalize_slide_saasn(slide, out, folder, device="cpu", tile_size=64, overlap=8,
                                    compression="zlib")
-    assert report.windows == 16 and 0 < report.processed < 16 and report.skipped == 16 - report.processed
+    assert report.windows == 16
+    # tissue is left only in the blob of radius 51 around (77, 77): windows (64-px cores, 8-px halo) of rows and
+    # columns 0-1 see it; by hand, the glass-only windows are column 3 (4), row 3 (3 more) and (row 2, column 2)
+    assert report.extra["glass_windows"] == 8
+    assert report.extra["generator_windows"] == 8
+    glass = SaasnNormalizer(folder, device="cpu").glass_colour((242, 242, 242))
     with open_slide(out) as s:
         result = s.read_region((0, 0), 0, (256, 256))
-    assert (result[:, 208:] == 255).all()  # glass windows are filled with white
+    assert (result[:, 200:] == glass).all()  # only glass windows reach beyond x = 200: one flat colour
+    assert not (result[:, :120] == glass).all()
     with pytest.raises(PathgenError):
         normalize_slide_saasn(slide, out, folder, device="cpu")  # exists, no overwrite

@@ -49,11 +49,13 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def save_run_config(output: str | os.PathLike, config: Any, seed: int | None = None,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, json_path: str | os.PathLike | None = None) -> Path:
     """Save ``config`` (a dataclass or dict) as ``<output>.json`` beside a file output, or ``config.json`` in a
-    folder output, with pathgen's and its libraries' versions, the seed and the command line."""
+    folder output (or at ``json_path``), with pathgen's and its libraries' versions, the seed and the command
+    line."""
     out = Path(output)
-    target = out / "config.json" if out.is_dir() else out.with_name(out.name + ".json")
+    target = Path(json_path) if json_path else out / "config.json" if out.is_dir() else \
+        out.with_name(out.name + ".json")
     data = {
         "config": to_jsonable(config),
         "seed": seed,

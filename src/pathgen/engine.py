@@ -388,7 +388,8 @@ class RunReport:
 
 def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8, cfg: EngineConfig = EngineConfig(),
                        tissue=None, report: RunReport | None = None, progress_desc: str = "tiles",
-                       quiet: bool | None = None) -> Iterator[np.ndarray]:
+                       quiet: bool | None = None, record_sink: Callable[[object], None] | None = None
+                       ) -> Iterator[np.ndarray]:
     """Run ``fn`` over every window of ``source`` and yield stitched output rows, top to bottom.
 
     Parameters
@@ -398,6 +399,10 @@ def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8
     fn : callable
         ``fn(batch)`` with ``batch`` of shape ``(n, win, win, c_in)`` uint8 returning ``(n, win, win, out_channels)``
         (any numeric dtype; values are rounded and clipped to ``out_dtype``). ``win = tile_size + 2·overlap``.
+        With ``fn.wants_origins = True`` it is called as ``fn(batch, origins)`` with each window's top-left in
+        output pixels; it may return ``(arrays, records)`` with one side record per tile (e.g. polygons).
+    record_sink : callable, optional
+        Receives each non-None record in raster order; without it records are kept in ``report.records``.
     tissue : TissueMask, optional
         With ``cfg.skip_background``, windows whose core has no tissue are not processed: they are filled with
         ``cfg.background``.
@@ -449,7 +454,7 @@ def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8
                 for tx, r, rec in zip(txs, results, records):
                     row_tiles[tx] = r
                     if rec is not None:
-                        report.records.append(rec)
+                        (record_sink or report.records.append)(rec)
                 report.processed += sum(1 for s in skip if not s)
                 report.skipped += sum(skip)
                 done_in_row += len(txs)
@@ -479,7 +484,8 @@ def process_array(image: np.ndarray, fn: TileFn, out_channels: int | None = None
 def run_slide(slide, fn: TileFn, output: str | os.PathLike, *, out_channels: int = 3, out_dtype=np.uint8,
               level: int | None = 0, mpp: float | None = None, cfg: EngineConfig = EngineConfig(), tissue=None,
               compression: str | None = None, quality: int = 90, pyramid_tile: int = 512, overwrite: bool = False,
-              progress_desc: str = "tiles", description: str | None = None) -> RunReport:
+              progress_desc: str = "tiles", description: str | None = None,
+              record_sink: Callable[[object], None] | None = None) -> RunReport:
     """Stream ``fn`` over a slide into a pyramidal TIFF (or OME-Zarr when ``output`` ends in ``.zarr``).
 
     The output has the geometry of ``level`` (or of ``mpp`` µm/px when given), carries the matching mpp, and is
@@ -490,7 +496,7 @@ def run_slide(slide, fn: TileFn, output: str | os.PathLike, *, out_channels: int
     source = SlideSource(slide, level=level, mpp=mpp)
     report = RunReport(output=str(output), shape=(source.height, source.width, out_channels), mpp=source.out_mpp)
     rows = iter_stitched_rows(source, fn, out_channels, out_dtype, cfg, tissue=tissue, report=report,
-                              progress_desc=progress_desc)
+                              progress_desc=progress_desc, record_sink=record_sink)
     dt = np.dtype(out_dtype)
     if compression is None:
         compression = "jpeg" if (dt == np.uint8 and out_channels in (1, 3)) else "zlib"

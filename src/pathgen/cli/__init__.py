@@ -14,7 +14,7 @@ import typer
 
 from pathgen import __version__
 
-GROUPS = ("slide", "data", "normalize", "stain", "qc", "eval", "pipeline")
+GROUPS = ("slide", "data", "normalize", "stain", "qc", "eval", "segment", "pipeline")
 
 app = typer.Typer(
     name="pathgen",

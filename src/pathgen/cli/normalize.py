@@ -33,7 +33,8 @@ def normalize(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     per_tile: bool = typer.Option(False, "--per-tile", help="Fit the source on every tile separately "
                                                             "(for comparison; causes seams)."),
-    tile_size: int = typer.Option(512, "--tile-size", help="Tile edge in pixels for --per-tile."),
+    tile_size: int = typer.Option(512, "--tile-size", help="Tile edge in pixels for --per-tile on image files "
+                                                           "(slides use the tile engine's tiles)."),
     percentile: float = typer.Option(99.0, "--percentile", help="Concentration percentile used for scaling."),
     i0: Optional[str] = typer.Option(None, "--i0", help="Background intensity, one value or R,G,B "
                                                         "(default: estimated per image/slide)."),
@@ -90,19 +91,20 @@ def normalize(
     with progress_bar(len(jobs), f"normalize ({method})", unit="files") as bar:
         for src, dst, slide in jobs:
             if slide:
-                from pathgen.stain.slide import normalize_slide  # written with the slide engine
+                from pathgen.stain.slide import normalize_slide  # slide engine: fits the source once per slide
 
-                result = normalize_slide(src, dst, normalizer=normalizer, per_tile=per_tile, tile_size=tile_size,
-                                         overwrite=overwrite)
+                normalize_slide(src, dst, normalizer, per_tile=per_tile, overwrite=overwrite)
+                result = None if per_tile else normalizer.source
             else:
                 result = normalize_image_file(src, dst, normalizer, per_tile=per_tile, tile_size=tile_size,
                                               overwrite=overwrite)
-            sources[src.name] = None if result is None or not hasattr(result, "to_dict") else result.to_dict()
+            sources[src.name] = None if result is None else result.to_dict()
             bar.advance(1)
 
-    extra = {"target": normalizer.target.to_dict(), "inputs": [str(j[0]) for j in jobs],
-             "per_tile": per_tile, "tile_size": tile_size, "sources": sources}
-    save_run_config(output, normalizer.settings(), seed=seed, extra=extra)
+    if not (single and jobs[0][2]):  # a single slide's run record is written by normalize_slide itself
+        extra = {"target": normalizer.target.to_dict(), "inputs": [str(j[0]) for j in jobs],
+                 "per_tile": per_tile, "tile_size": tile_size, "sources": sources}
+        save_run_config(output, normalizer.settings(), seed=seed, extra=extra)
     typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} -> {output}")
 
 

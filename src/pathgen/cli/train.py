@@ -26,6 +26,8 @@ def hovernet(
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch",
                                                   help="Steps per epoch (default: one pass over the tiles)."),
     lr: float = typer.Option(1e-4, "--lr", help="Initial Adam learning rate of each phase."),
+    lr_step: Optional[int] = typer.Option(None, "--lr-step", help="Epochs of a phase before the learning rate "
+                                                                   "drops 10x (default: half the phase)."),
     val_every: int = typer.Option(2, "--val-every", help="Validate every N epochs (and after the last)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Hold-out share when --val is not given."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the training tiles, stored with the model "
@@ -49,8 +51,8 @@ def hovernet(
         torch.set_num_threads(max(1, threads))
     config = TrainConfig(
         preset=preset, epochs=epochs, frozen_epochs=frozen_epochs, batch_size=batch_size, patch_size=patch_size,
-        steps_per_epoch=steps_per_epoch, lr=lr, val_every=val_every, val_fraction=val_fraction, seed=seed,
-        pretrained=None if pretrained is None else str(pretrained), mpp=mpp,
+        steps_per_epoch=steps_per_epoch, lr=lr, lr_step=lr_step, val_every=val_every, val_fraction=val_fraction,
+        seed=seed, pretrained=None if pretrained is None else str(pretrained), mpp=mpp,
         augment=None if no_augment else AugmentConfig(), device=device)
     echo = (lambda _m: None) if QUIET else (lambda m: typer.echo(m, err=True))
     result = train_hovernet(data, output, config, val=val, resume=resume, overwrite=overwrite,

@@ -35,10 +35,18 @@ def downsample2(block: np.ndarray, mode: str) -> np.ndarray:
     top-left sample (labels must never be averaged). Odd edges repeat their last row/column."""
     if mode == "nearest":
         return np.ascontiguousarray(block[::2, ::2])
+    if block.dtype == np.uint8 and block.ndim == 3 and block.shape[2] in (1, 3):
+        # Pillow's C box reduction: ~10× faster than numpy here, same rounding, partial edge boxes averaged
+        from PIL import Image
+
+        img = Image.fromarray(block[..., 0] if block.shape[2] == 1 else block)
+        out = np.asarray(img.reduce(2))
+        return out[..., None] if out.ndim == 2 else out
     h, w = block.shape[:2]
     if h % 2 or w % 2:
         block = np.pad(block, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    b = block.astype(np.uint32 if block.dtype.itemsize <= 2 else np.float64)
+    b = block.astype(np.uint16 if block.dtype.itemsize == 1 else np.uint32 if block.dtype.itemsize == 2
+                     else np.float64)
     s = b[0::2, 0::2] + b[1::2, 0::2] + b[0::2, 1::2] + b[1::2, 1::2]
     if np.issubdtype(block.dtype, np.integer):
         return ((s + 2) // 4).astype(block.dtype)

@@ -3,7 +3,14 @@
 The generator runs in eval mode (BatchNorm running statistics, spectral norm baked into the weights), so its
 weights and statistics are the same for every tile and the whole slide gets one stain. Windows overlap by
 ``overlap`` pixels on each side and are blended with the engine's cosine partition of unity, which removes the
-seams of the authors' paste-last-wins stitching; background windows (no tissue in the core) are not processed.
+seams of the authors' paste-last-wins stitching.
+
+Background. The generator renders glass in the target domain's background tint, not white. Windows holding
+only glass — at most ``glass_fraction`` (0.2 %) of their pixels have a channel darker than ``glass_level``, i.e.
+optical density above about 0.15, which tolerates dust specks — are not run through the generator: they are filled with the generator's rendering of a flat patch of their median
+colour (computed once per colour and cached). So glass has one colour across the slide, whether it lies in a
+skipped window or beside tissue in a processed one. (The engine's own skipping fills skipped windows with a
+single grey level, which would leave lighter rectangles in the background.)
 
 Each window is reflect-padded to a multiple of ``2**g_depth`` before the generator and cropped after it. The
 default window, 448 + 2·32 = 512 px, is already a multiple of 128.
@@ -12,6 +19,7 @@ default window, 448 + 2·32 = 512 px, is already a multiple of 128.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +32,10 @@ from pathgen.saasn.data import to_tensor, to_uint8
 
 DEFAULT_TILE = 448
 DEFAULT_OVERLAP = 32
+#: A pixel with any channel below this level is tissue (optical density above about 0.15).
+GLASS_LEVEL = 220
+#: A window with at most this share of tissue pixels counts as glass (dust specks are not tissue).
+GLASS_FRACTION = 0.002
 
 
 class SaasnNormalizer:
@@ -39,10 +51,18 @@ class SaasnNormalizer:
         The normaliser (default) or, for evaluation, the reverse generator.
     max_batch : int
         Windows per forward pass (larger batches are split).
+    skip_glass : bool
+        Fill glass-only windows with the generator's rendering of glass instead of running it (module
+        docstring).
+    glass_level : int
+        A pixel is tissue if any channel is below this value.
+    glass_fraction : float
+        A window is glass if at most this fraction of its pixels is tissue.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", direction: str = "x2y",
-                 max_batch: int = 8):
+                 max_batch: int = 8, skip_glass: bool = False, glass_level: int = GLASS_LEVEL,
+                 glass_fraction: float = GLASS_FRACTION):
         from pathgen.engine import resolve_device
 
         self.device = torch.device(resolve_device(device))
@@ -50,6 +70,13 @@ class SaasnNormalizer:
         self.generator, self.info = load_generator(checkpoint, direction, self.device)
         self.multiple = self.generator.config.multiple
         self.max_batch = max(1, int(max_batch))
+        self.skip_glass = bool(skip_glass)
+        self.glass_level = int(glass_level)
+        self.glass_fraction = float(glass_fraction)
+        self._glass_cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+        self.windows_run = 0
+        self.windows_glass = 0
 
     @property
     def mpp(self) -> float | None:
@@ -83,19 +110,43 @@ class SaasnNormalizer:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             raise PathgenError(f"expected (N, H, W, 3) uint8 tiles, got {arr.dtype} {arr.shape}")
-        outs = []
+        if self.skip_glass:
+            glass = (arr.min(axis=3) < self.glass_level).mean(axis=(1, 2)) <= self.glass_fraction
+        else:
+            glass = np.zeros(arr.shape[0], bool)
+        out = np.empty_like(arr)
+        todo = np.flatnonzero(~glass)
         with torch.inference_mode():
-            for start in range(0, arr.shape[0], self.max_batch):
-                x = to_tensor(arr[start:start + self.max_batch], self.device)
-                outs.append(to_uint8(self._forward(x)))
-        out = np.concatenate(outs, axis=0) if outs else arr.copy()
+            for start in range(0, len(todo), self.max_batch):
+                idx = todo[start:start + self.max_batch]
+                out[idx] = to_uint8(self._forward(to_tensor(arr[idx], self.device)))
+        for i in np.flatnonzero(glass):
+            out[i] = self.glass_colour(np.median(arr[i].reshape(-1, 3), axis=0))
+        with self._lock:
+            self.windows_run += len(todo)
+            self.windows_glass += int(glass.sum())
         return out[0] if single else out
 
+    def glass_colour(self, rgb) -> np.ndarray:
+        """The generator's output, ``(3,)`` uint8, at the centre of a flat patch of colour ``rgb`` (cached by
+        colour rounded to multiples of 4)."""
+        key = tuple(int(v) for v in np.clip(np.round(np.asarray(rgb, np.float64) / 4) * 4, 0, 255))
+        with self._lock:
+            cached = self._glass_cache.get(key)
+        if cached is None:
+            side = self.multiple
+            patch = np.broadcast_to(np.asarray(key, np.uint8), (1, side, side, 3))
+            with torch.inference_mode():
+                cached = to_uint8(self._forward(to_tensor(patch, self.device)))[0, side // 2, side // 2]
+            with self._lock:
+                self._glass_cache[key] = cached
+        return cached
 
-def _normalizer(checkpoint, device: str) -> SaasnNormalizer:
+
+def _normalizer(checkpoint, device: str, skip_glass: bool = False) -> SaasnNormalizer:
     if isinstance(checkpoint, SaasnNormalizer):
         return checkpoint
-    return SaasnNormalizer(checkpoint, device=device)
+    return SaasnNormalizer(checkpoint, device=device, skip_glass=skip_glass)
 
 
 def _engine_config(tile_size: int, overlap: int, batch_size: int, device: str):
@@ -157,7 +208,8 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
     mpp : float, optional
         Process the slide resampled to this resolution (µm/px), e.g. the training data's.
     skip_background : bool
-        Leave windows without tissue white instead of running the generator on them.
+        Do not run the generator on glass-only windows; fill them with its rendering of glass (module
+        docstring). With a :class:`SaasnNormalizer` passed as ``checkpoint``, its own ``skip_glass`` applies.
     quality : int
         JPEG quality of the output tiles.
     compression : str, optional
@@ -170,20 +222,20 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
     from pathgen.config import save_run_config
     from pathgen.engine import run_slide
     from pathgen.slide import open_slide
-    from pathgen.tissue import tissue_mask
 
     slide = open_slide(slide_path)
-    norm = _normalizer(checkpoint, device)
+    norm = _normalizer(checkpoint, device, skip_glass=skip_background)
     cfg = _engine_config(tile_size, overlap, batch_size, str(norm.device))
-    tissue = tissue_mask(slide) if skip_background else None
+    run_before, glass_before = norm.windows_run, norm.windows_glass
     report = run_slide(slide, norm, output, out_channels=3, out_dtype=np.uint8, level=level, mpp=mpp, cfg=cfg,
-                       tissue=tissue, overwrite=overwrite, quality=quality, compression=compression,
+                       tissue=None, overwrite=overwrite, quality=quality, compression=compression,
                        progress_desc="SAASN normalising", description="pathgen SAASN stain normalisation")
+    report.extra["generator_windows"] = norm.windows_run - run_before
+    report.extra["glass_windows"] = norm.windows_glass - glass_before
     save_run_config(output, {"method": "saasn", "checkpoint": norm.checkpoint, "slide": str(slide_path),
                              "tile_size": tile_size, "overlap": overlap, "batch_size": batch_size, "level": level,
-                             "mpp": mpp, "skip_background": skip_background, "device": str(norm.device),
-                             "windows": report.windows, "processed": report.processed,
-                             "skipped": report.skipped})
+                             "mpp": mpp, "skip_background": norm.skip_glass, "device": str(norm.device),
+                             "windows": report.windows, **report.extra})
     return report
 
 

@@ -214,18 +214,23 @@ def _format_readers():
 
 
 def _read_with_metrics_formats(path: Path, fmt: str) -> ListDataset:
-    """HoVer-Net .mat / PanNuke / CoNIC through :mod:`pathgen.metrics.formats`."""
+    """HoVer-Net .mat / PanNuke / CoNIC through :mod:`pathgen.metrics.formats` (held in memory)."""
     formats = _format_readers()
-    if formats is None:
+    if formats is None or not hasattr(formats, "read_nuclei_dataset"):
         raise PathgenError(f"format {fmt!r} needs pathgen.metrics.formats, which is not available", path)
-    if not hasattr(formats, "read_nuclei_dataset"):
-        raise PathgenError(f"pathgen.metrics.formats cannot read {fmt!r} datasets with images", path)
-    samples = []
-    for item in formats.read_nuclei_dataset(path, fmt):
-        samples.append(NucleiSample(str(item.name), item.image, item.instances, getattr(item, "classes", None)))
+    samples = [NucleiSample(str(item.name), item.image, item.instances, item.classes)
+               for item in formats.read_nuclei_dataset(path, fmt)]
     if not samples:
         raise PathgenError("dataset holds no samples", path)
-    return ListDataset(samples)
+    names: tuple[str, ...] = ()
+    try:
+        from pathgen.metrics.classes import NUCLEUS_TYPES, PANNUKE_TYPES
+
+        table = {"pannuke": PANNUKE_TYPES, "conic": NUCLEUS_TYPES}.get(fmt)
+        names = tuple(t.name for t in table) if table else ()
+    except ImportError:
+        pass
+    return ListDataset(samples, class_names=names)
 
 
 def open_nuclei_dataset(path: str | os.PathLike, format: str = "auto") -> Sequence[NucleiSample]:

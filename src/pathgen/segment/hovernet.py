@@ -113,8 +113,8 @@ class HoVerNetConfig:
 #: Named architectures. ``resnet50`` is the published network; the others are for CPU work.
 PRESETS: dict[str, dict] = {
     "resnet50": {},
-    "small": dict(stem_channels=32, encoder_widths=(32, 64, 128, 256), encoder_depths=(1, 2, 2, 1),
-                  decoder_widths=(64, 32, 32), dense_units=(4, 2), dense_growth=16, dense_bottleneck=32,
+    "small": dict(stem_channels=16, encoder_widths=(32, 64, 128, 256), encoder_depths=(1, 1, 2, 1),
+                  decoder_widths=(32, 32, 16), dense_units=(2, 2), dense_growth=16, dense_bottleneck=32,
                   dense_groups=1),
     "tiny": dict(stem_channels=8, encoder_widths=(16, 32, 64, 128), encoder_depths=(1, 1, 1, 1),
                  decoder_widths=(16, 16, 16), dense_units=(1, 1), dense_growth=8, dense_bottleneck=16,
@@ -331,7 +331,9 @@ def load_encoder_weights(model: HoVerNet, path: str | os.PathLike) -> list[str]:
     """Load encoder weights (e.g. ImageNet pre-activation ResNet-50) into ``model`` from a local file.
 
     Keys may carry an ``encoder.`` prefix or none (the reference's naming); keys outside the encoder (a
-    classifier head, decoders) are ignored. Every encoder tensor must be present with the right shape.
+    classifier head, decoders) are ignored. Every tensor of the stem and the four stages must be present with
+    the right shape; the 1x1 bottleneck (``conv_bot``, not part of an ImageNet ResNet) keeps its initial weights
+    when the file lacks it.
 
     Returns
     -------
@@ -350,7 +352,8 @@ def load_encoder_weights(model: HoVerNet, path: str | os.PathLike) -> list[str]:
             picked[name] = value
         else:
             ignored.append(key)
-    missing = [k for k in own if k not in picked and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in picked and not k.endswith("num_batches_tracked")
+               and not k.startswith("conv_bot.")]
     if missing:
         raise PathgenError(f"{len(missing)} encoder weights missing from the file (first: {missing[0]})", path)
     model.encoder.load_state_dict(picked, strict=False)

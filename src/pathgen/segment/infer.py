@@ -41,7 +41,7 @@ class TileNuclei:
     ----------
     instances : (H, W) int32, labels 1..n, 0 = background
     types : (n,) int32, type of instance ``i + 1`` (0 when the model has no TP branch)
-    type_probs : (n,) float32, fraction of the instance's pixels that voted for its type
+    type_probs : (n,) float32, fraction of the instance's pixels that voted for its type (1.0 without TP)
     """
 
     instances: np.ndarray
@@ -113,7 +113,10 @@ def predict_maps(model: HoVerNet, images: np.ndarray, device: str | torch.device
     np_out, hv_out, tp_out = [], [], []
     with torch.inference_mode():
         for start in range(0, len(arr), max(1, batch_size)):
-            x = torch.from_numpy(np.ascontiguousarray(arr[start:start + batch_size])).to(device)
+            chunk = arr[start:start + batch_size]
+            if not (chunk.flags.c_contiguous and chunk.flags.writeable):
+                chunk = chunk.copy()  # torch wants writable, contiguous memory
+            x = torch.from_numpy(chunk).to(device)
             x = x.permute(0, 3, 1, 2).float()
             out = forward_padded(model, x)
             np_out.append(torch.softmax(out["np"].float(), dim=1)[:, 1].cpu().numpy())

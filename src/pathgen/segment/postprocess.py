@@ -4,7 +4,8 @@ The steps and constants are the public reference's (``__proc_np_hv``): NP thresh
 min-max normalised HV maps; 21-tap Sobel derivatives (d/dx of the horizontal map, d/dy of the vertical map),
 inverted and min-max normalised into an edge energy; markers where the energy is below 0.4 inside nuclei, holes
 filled, opened with a 5x5 ellipse, small markers dropped; watershed of the blurred inverted energy restricted to
-the nuclear mask. OpenCV's Sobel, 3x3 Gaussian, elliptic element and border rules are reproduced with
+the nuclear mask (by default a blob left without any marker is kept whole instead of dropped, see
+:class:`PostProcessConfig`). OpenCV's Sobel, 3x3 Gaussian, elliptic element and border rules are reproduced with
 ``scipy.ndimage`` (OpenCV is not a dependency). Typing is a majority vote of the per-pixel TP argmax inside each
 instance, computed for all instances with one ``bincount``.
 """
@@ -35,6 +36,10 @@ class PostProcessConfig:
         Energy at or above which a nuclear pixel is a boundary, not a marker.
     marker_open_size : int
         Size of the elliptic element that opens the markers.
+    keep_unmarked : bool
+        Keep a nuclear blob that received no marker as one instance. The reference drops such blobs (their
+        pixels stay background), which loses every nucleus whose HV energy is high throughout, as happens with
+        noisy HV predictions; False reproduces the reference.
     """
 
     np_threshold: float = 0.5
@@ -42,6 +47,7 @@ class PostProcessConfig:
     sobel_size: int = 21
     marker_threshold: float = 0.4
     marker_open_size: int = 5
+    keep_unmarked: bool = True
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -143,7 +149,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray,
     Returns
     -------
     (H, W) int32 ndarray
-        Instance labels 1..n in raster order of their markers, 0 = background.
+        Instance labels 1..n (watershed instances in raster order of their markers, then unmarked blobs),
+        0 = background.
     """
     from skimage.segmentation import relabel_sequential, watershed
 
@@ -152,7 +159,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray,
     if np_prob.ndim != 2 or hv.shape != (2,) + np_prob.shape:
         raise PathgenError(f"expected np_prob (H, W) and hv (2, H, W), got {np_prob.shape} and {hv.shape}")
     blobs, _ = ndi.label(np_prob >= config.np_threshold)
-    nuclei = remove_small_labels(blobs, config.min_size) > 0
+    blobs = remove_small_labels(blobs, config.min_size)
+    nuclei = blobs > 0
     if not nuclei.any():
         return np.zeros(np_prob.shape, np.int32)
 
@@ -172,6 +180,11 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray,
     markers = remove_small_labels(markers, config.min_size)
 
     labels = watershed(basin, markers, mask=nuclei)
+    if config.keep_unmarked:
+        marked = np.zeros(int(blobs.max()) + 1, bool)
+        marked[blobs[labels > 0]] = True
+        unmarked = ~marked[blobs] & nuclei
+        labels = np.where(unmarked, blobs + int(labels.max()), labels)
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.int32)
 

@@ -446,6 +446,8 @@ def train_hovernet(data, run: str | os.PathLike, config: TrainConfig = TrainConf
     run = Path(run)
     state_file = run / "last" / "train_state.json"
     saved = None
+    if run.exists() and not run.is_dir():
+        raise PathgenError("run path exists and is not a folder", run)
     if resume:
         if not state_file.exists():
             raise PathgenError("nothing to resume: no last/train_state.json in the run folder", run)

@@ -24,7 +24,7 @@ import torch
 
 from pathgen.errors import PathgenError
 from pathgen.stain.matrix import StainMatrix, order_he
-from pathgen.stain.optical import as_tensor
+from pathgen.stain.optical import as_tensor, single_thread
 
 #: Fewer OD samples than this (after the β filter) cannot give a stable plane: the fit reports "no tissue".
 MIN_FIT_PIXELS = 50
@@ -117,8 +117,9 @@ def fit_macenko(od_pixels, beta: float = 0.15, alpha: float = 1.0, centered: boo
     if od.shape[0] < MIN_FIT_PIXELS:
         raise NoTissueError(f"only {od.shape[0]} pixels pass the OD threshold beta={beta} ({beta_rule}); "
                             f"at least {MIN_FIT_PIXELS} are needed to fit stains")
-    basis = stain_plane(od, centered=centered)
-    vectors = order_he(_angular_extremes(od, basis, alpha))
+    with single_thread(od.device):
+        basis = stain_plane(od, centered=centered)
+        vectors = order_he(_angular_extremes(od, basis, alpha))
     if np.any(np.clip(vectors, 0, None).sum(axis=1) <= 1e-9):
         raise NoTissueError("the OD samples do not span two non-negative stain directions")
     return StainMatrix(vectors, "macenko",

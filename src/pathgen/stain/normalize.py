@@ -44,7 +44,7 @@ from pathgen.stain.concentrations import PARALLEL_DET, _solve, concentration_per
 from pathgen.stain.macenko import BETA_RULES, MIN_FIT_PIXELS, NoTissueError, fit_macenko
 from pathgen.stain.matrix import StainFit
 from pathgen.stain.optical import (_check_rgb, as_tensor, estimate_i0, lab_to_rgb, parse_i0, rgb_to_lab,
-                                   rgb_to_od, sample_pixels, tissue_mask)
+                                   rgb_to_od, sample_pixels, single_thread, tissue_mask)
 from pathgen.stain.reinhard import lab_statistics, reinhard_transfer
 from pathgen.stain.vahadane import fit_vahadane
 
@@ -198,6 +198,10 @@ class StainNormalizer:
             ``tissue_pixels == 0`` (and no statistics) when there are fewer than ``MIN_FIT_PIXELS`` stained
             tissue pixels.
         """
+        with single_thread(self.device):
+            return self._fit_pixels(tissue_rgb, all_rgb, i0, _tissue_selected)
+
+    def _fit_pixels(self, tissue_rgb, all_rgb, i0, _tissue_selected: bool) -> StainFit:
         tissue = np.asarray(as_tensor(tissue_rgb).cpu()).reshape(-1, 3)
         everything = tissue if all_rgb is None else np.asarray(as_tensor(all_rgb).cpu()).reshape(-1, 3)
         _check_rgb(tissue, "pixels")

@@ -15,8 +15,9 @@ Conventions used throughout :mod:`pathgen.stain`:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +48,29 @@ def as_tensor(x, dtype: torch.dtype | None = None, device: str | torch.device | 
     if dtype is not None or device is not None:
         t = t.to(dtype=dtype or t.dtype, device=device if device is not None else t.device)
     return t
+
+
+@contextlib.contextmanager
+def single_thread(device: torch.device | str | None = None) -> Iterator[None]:
+    """Run torch on one CPU thread inside the block (restored afterwards).
+
+    The fits are loops of small reductions (N × 3 by N × 2 products): threading gains nothing there, and on a
+    busy machine BLAS threads waiting for each other made one 4096-pixel Vahadane fit 50× slower (7 s against
+    0.13 s). Only the fits use this; the transform is elementwise and keeps every thread. The thread count is a
+    process-wide torch setting, so another thread's torch work also runs on one thread for the (short) fit.
+    """
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _like_input(t: torch.Tensor, ref):
@@ -244,6 +268,34 @@ def estimate_i0(pixels, top_fraction: float = 0.01, band: float = 0.03, min_lumi
 
 
 # ----------------------------------------------------------------------------------------------- pixel sampling
+def _permutation_prefix(total: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """The first ``count`` entries of a pseudo-random permutation of ``range(total)``, in O(count).
+
+    A 4-round Feistel network on the smallest even number of bits covering ``total`` is a bijection; values that
+    fall outside ``range(total)`` are walked through it again (cycle walking), which keeps it a bijection of
+    ``range(total)``. Every prefix is the prefix of the same permutation, whatever ``count`` is.
+    """
+    half = max(1, (int(total - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    round_keys = rng.integers(0, 1 << 32, size=4, dtype=np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15)
+
+    def permute(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & mask
+        for rk in round_keys:
+            h = (right ^ rk) * mult
+            h ^= h >> np.uint64(29)
+            left, right = right, left ^ (h & mask)
+        return (left << np.uint64(half)) | right
+
+    out = permute(np.arange(count, dtype=np.uint64))
+    outside = out >= np.uint64(total)
+    while outside.any():
+        out[outside] = permute(out[outside])
+        outside = out >= np.uint64(total)
+    return out.astype(np.int64)
+
+
 class PixelReservoir:
     """A uniform random sample of at most ``n`` pixels from a stream of images or tiles, in O(n) per image.
 
@@ -251,8 +303,8 @@ class PixelReservoir:
     keeps the smallest keys below a bound ``tau`` (bottom-k sampling), so the sample is uniform over everything
     offered. Only pixels whose key can still matter are touched: for an image much larger than ``n`` the keys are
     generated in increasing order (Rényi's representation of uniform order statistics) together with the
-    positions holding them (a prefix of a random permutation), stopping at ``tau`` — O(tau·P) work instead of
-    O(P). ``tau`` is the smaller of the current n-th smallest key and ``oversample * n / (P * pass_rate)``, so a
+    positions holding them (a prefix of a keyed pseudo-random permutation), stopping at ``tau`` — O(tau·P) work
+    instead of O(P). ``tau`` is the smaller of the current n-th smallest key and ``oversample * n / (P * pass_rate)``, so a
     single large image is sampled without drawing a key for every pixel.
 
     A ``predicate`` (e.g. the tissue mask) is applied to the candidates only; its pass rate, measured on a small
@@ -304,7 +356,7 @@ class PixelReservoir:
         pass_rate = 1.0
         if predicate is not None:
             pilot_rng = np.random.default_rng(stream + [0])
-            pilot = px[pilot_rng.integers(0, total, size=min(total, self.PILOT))]
+            pilot = np.take(px, pilot_rng.integers(0, total, size=min(total, self.PILOT)), axis=0)
             pass_rate = max(float(np.count_nonzero(predicate(pilot))), 1.0) / pilot.shape[0]
         tau = min(self._tau, self.oversample * self.n / (total * pass_rate))
         if tau < self._tau:
@@ -315,7 +367,7 @@ class PixelReservoir:
             keys = keys[positions]
         else:
             keys, positions = self._smallest_keys(total, tau, stream)
-        candidates = px[positions]
+        candidates = np.take(px, positions, axis=0)  # several times faster than px[positions]
         if predicate is not None and candidates.shape[0]:
             keep = np.asarray(predicate(candidates), dtype=bool)
             keys, candidates = keys[keep], candidates[keep]
@@ -342,19 +394,7 @@ class PixelReservoir:
             if not below[-1]:
                 break
         k = np.concatenate(keys)
-        pos_rng = np.random.default_rng(stream + [2])
-        taken = np.zeros(total, dtype=bool)
-        positions: list[np.ndarray] = []
-        found = 0
-        while found < k.size:
-            cand = pos_rng.integers(0, total, size=self.BATCH)
-            _, first = np.unique(cand, return_index=True)
-            cand = cand[np.sort(first)]
-            cand = cand[~taken[cand]]
-            taken[cand] = True
-            positions.append(cand)
-            found += cand.size
-        return k, np.concatenate(positions)[: k.size]
+        return k, _permutation_prefix(total, k.size, np.random.default_rng(stream + [2]))
 
     def _restrict(self, tau: float) -> None:
         keep = self._keys < tau

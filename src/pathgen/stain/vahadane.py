@@ -30,6 +30,7 @@ from pathgen.errors import PathgenError
 from pathgen.stain.concentrations import _solve
 from pathgen.stain.macenko import MIN_FIT_PIXELS, NoTissueError, _angular_extremes, _as_od, stain_plane
 from pathgen.stain.matrix import StainMatrix, normalize_rows, order_he
+from pathgen.stain.optical import single_thread
 
 
 def dictionary_objective(x: torch.Tensor, d: torch.Tensor, a: torch.Tensor, lambda1: float) -> float:
@@ -85,6 +86,11 @@ def fit_vahadane(od_pixels, lambda1: float = 0.1, n_iter: int = 100, seed: int =
     if x.shape[0] > max_pixels:
         gen = torch.Generator().manual_seed(int(seed))
         x = x[torch.randperm(x.shape[0], generator=gen)[:max_pixels].to(x.device)]
+    with single_thread(x.device):
+        return _learn(x, lambda1, n_iter, seed)
+
+
+def _learn(x: torch.Tensor, lambda1: float, n_iter: int, seed: int) -> StainMatrix:
     d = _initial_dictionary(x)
     for _ in range(int(n_iter)):
         a = _solve(x, d, lambda1)

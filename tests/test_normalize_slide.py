@@ -1,0 +1,98 @@
+"""Whole-slide normalisation through the engine (slide-level fit) and the QC report."""
+
+import hashlib
+import json
+
+import numpy as np
+import openslide
+import pytest
+
+from pathgen.cli import main
+from pathgen.data.synth import render_rgb, render_tile
+from pathgen.engine import EngineConfig
+from pathgen.errors import PathgenError
+from pathgen.stain.normalize import StainNormalizer
+from pathgen.stain.slide import fit_slide, normalize_slide
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_real_slide_to_real_target_cli(real_svs, real_target, tmp_path, capsys):
+    out = tmp_path / "norm.tiff"
+    before = sha(real_svs)
+    rc = main(["normalize", str(real_svs), "-o", str(out), "--method", "macenko", "--target", str(real_target),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sha(real_svs) == before  # the input is byte-identical afterwards
+    with openslide.OpenSlide(str(real_svs)) as src, openslide.OpenSlide(str(out)) as dst:
+        assert dst.dimensions == src.dimensions and dst.level_count >= 3
+        assert float(dst.properties["openslide.mpp-x"]) == pytest.approx(0.499)
+        a = np.asarray(src.read_region((800, 1200), 0, (512, 512)))[..., :3].astype(float)
+        b = np.asarray(dst.read_region((800, 1200), 0, (512, 512)))[..., :3].astype(float)
+    assert np.isfinite(b).all() and np.abs(a - b).mean() > 3  # colours changed
+    side = json.loads((tmp_path / "norm.tiff.json").read_text())
+    assert side["config"]["normalizer"]["source"]["vectors"] is not None
+    assert side["config"]["per_tile"] is False
+
+
+def test_slide_level_fit_is_consistent_across_tiles(make_slide, tmp_path):
+    """A slide whose left half is haematoxylin-rich and right half eosin-rich: slide-level fitting uses one stain
+    matrix for both halves, per-tile fitting flips colours between them."""
+    left = render_tile(256, seed=1, site="A")
+    right = render_tile(256, seed=2, site="A")
+    conc_l = left.concentrations.copy()
+    conc_l[..., 1] *= 0.2  # almost no eosin on the left
+    conc_r = right.concentrations.copy()
+    conc_r[..., 0] *= 0.2  # almost no haematoxylin on the right
+    img = np.concatenate([render_rgb(conc_l, "A"), render_rgb(conc_r, "A")], axis=1)
+    img = np.concatenate([img, img], axis=0)
+    src = make_slide(img, mpp=0.5, tile=128)
+    target = render_rgb(render_tile(256, seed=3, site="C").concentrations, "C")
+    outs = {}
+    for per_tile in (False, True):
+        norm = StainNormalizer("macenko").fit_target(target)
+        out = tmp_path / f"n_{per_tile}.tiff"
+        normalize_slide(src, out, norm, per_tile=per_tile, engine=EngineConfig(tile_size=128, overlap=16),
+                        skip_background=False)
+        with openslide.OpenSlide(str(out)) as s:
+            outs[per_tile] = np.asarray(s.read_region((0, 0), 0, (512, 512)))[..., :3].astype(float)
+    # the same tissue in the top and bottom half gets identical colours either way; the slide-level output keeps
+    # the input's contrast between the halves, the per-tile output does not
+    contrast_in = np.abs(img[:, :256].mean((0, 1)) - img[:, 256:].mean((0, 1))).sum()
+    contrast_slide = np.abs(outs[False][:, :256].mean((0, 1)) - outs[False][:, 256:].mean((0, 1))).sum()
+    assert contrast_slide > 0.5 * contrast_in
+    assert np.isfinite(outs[True]).all()
+
+
+def test_blank_slide_is_a_one_line_error(make_slide, tmp_path, capsys):
+    src = make_slide(np.full((400, 400, 3), 244, np.uint8), name="glass.tiff")
+    norm = StainNormalizer("macenko").fit_target(None)
+    with pytest.raises(PathgenError, match="no tissue"):
+        fit_slide(src, norm)
+    rc = main(["normalize", str(src), "-o", str(tmp_path / "o.tiff"), "--method", "macenko"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "no tissue" in err[0] and str(src) in err[0]
+    assert not (tmp_path / "o.tiff").exists()
+
+
+def test_qc_slide_pair_and_report(real_svs, tmp_path, capsys):
+    from pathgen.qc import slide_pair_ssim
+
+    same = slide_pair_ssim(real_svs, real_svs, tile=256, max_tiles=10)
+    assert same.ssim == pytest.approx(1.0) and same.ssim_std == pytest.approx(0.0) and same.n_tiles == 10
+    out = tmp_path / "n.tiff"
+    norm = StainNormalizer("macenko").fit_target(None)
+    normalize_slide(real_svs, out, norm, engine=EngineConfig(tile_size=512, overlap=32))
+    rc = main(["qc", "report", str(real_svs), str(out), "-o", str(tmp_path / "r.html"), "--max-tiles", "20"])
+    assert rc == 0, capsys.readouterr().err
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # before, after, histogram
+    expect = slide_pair_ssim(real_svs, out, tile=256, max_tiles=20)
+    assert f"{expect.ssim:.4f} ± {expect.ssim_std:.4f}" in page
+    assert "source (slide-level fit)" in page and "not recorded" not in page
+    rc = main(["qc", "ssim", str(real_svs), str(out), "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert rc == 0 and 0.5 < d["ssim"] < 1.0 and d["ssim_std"] >= 0
