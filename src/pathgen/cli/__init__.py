@@ -14,7 +14,7 @@ import typer
 
 from pathgen import __version__
 
-GROUPS = ("slide", "data", "normalize", "stain", "qc", "eval", "segment", "pipeline")
+GROUPS = ("slide", "data", "normalize", "stain", "qc", "eval", "segment", "train", "saasn", "synth", "pipeline")
 
 app = typer.Typer(
     name="pathgen",
@@ -44,6 +44,18 @@ def _root(
 
 for _name in GROUPS:
     importlib.import_module(f"pathgen.cli.{_name}").register(app)
+
+
+def _wire_train_commands() -> None:
+    """NASDM and MaskGen training commands join the `train` sub-app the HoVer-Net module created."""
+    from pathgen.cli.synth import add_train_commands
+
+    for group in app.registered_groups:
+        if group.name == "train" and group.typer_instance is not None:
+            add_train_commands(group.typer_instance)
+
+
+_wire_train_commands()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -73,6 +73,11 @@ class _RowBuffer:
         self.done = 0
 
     def push(self, block: np.ndarray) -> None:
+        if self.fill == 0 and (block.shape[0] == self.rows or self.done + block.shape[0] == self.total) \
+                and block.shape[0] <= self.rows:
+            self.emit(block)  # already a whole block: pass it on without copying
+            self.done += block.shape[0]
+            return
         i = 0
         while i < block.shape[0]:
             take = min(self.rows - self.fill, block.shape[0] - i)
@@ -302,7 +307,7 @@ def _scratch_array(folder: Path, shape, c, spec: PyramidSpec):
 
     return zarr.create_array(store=str(folder), shape=(shape[0], shape[1], c), dtype=spec.dtype,
                              chunks=(spec.tile_size, spec.tile_size, c), compressors=ZstdCodec(level=1),
-                             fill_value=0, overwrite=True)
+                             fill_value=0, overwrite=True, config={"write_empty_chunks": True})
 
 
 def _resize_longest(img: np.ndarray, longest: int) -> np.ndarray:

@@ -1,12 +1,14 @@
 """HoVer-Net checkpoints: ``model.safetensors`` + ``config.json`` in a folder; no pickle.
 
 A checkpoint folder is self-describing: ``config.json`` holds the architecture (:class:`HoVerNetConfig`), the
-type names and the model's mpp, plus whatever the writer adds (training summary, metrics). The safetensors
+type names and the model's mpp, the post-processing settings that go with the weights (when tuned), plus
+whatever the writer adds (training summary, metrics). The safetensors
 file repeats the architecture in its metadata, so the weights file alone is loadable too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -60,6 +62,8 @@ def save_checkpoint(model: HoVerNet, folder: str | os.PathLike, extra: dict | No
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": cfg}
+    if getattr(model, "postprocess", None) is not None:
+        header["postprocess"] = dataclasses.asdict(model.postprocess)
     state = {k: v for k, v in model.state_dict().items()}
     save_safetensors(state, out / WEIGHTS_NAME, metadata={"pathgen": json.dumps(header)})
     from pathgen.config import versions
@@ -125,4 +129,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> H
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise PathgenError(f"weights do not match the described architecture ({first})", weights) from exc
+    if data.get("postprocess"):
+        from pathgen.segment.postprocess import PostProcessConfig
+
+        try:
+            model.postprocess = PostProcessConfig(**data["postprocess"])
+        except TypeError as exc:
+            raise PathgenError(f"bad postprocess settings in the checkpoint ({exc})", weights) from exc
     return model.to(device).eval()

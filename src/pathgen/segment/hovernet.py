@@ -257,6 +257,9 @@ class HoVerNet(nn.Module):
         if cfg.nr_types:
             branches["tp"] = DecoderBranch(cfg, cfg.nr_types)
         self.decoder = nn.ModuleDict(branches)
+        # Post-processing settings that belong with these weights (tuned on validation data), or None for the
+        # reference's; saved and loaded with the checkpoint, used by pathgen.segment.infer.
+        self.postprocess = None
         self._init_weights()
 
     def _init_weights(self) -> None:

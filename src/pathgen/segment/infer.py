@@ -127,10 +127,10 @@ def predict_maps(model: HoVerNet, images: np.ndarray, device: str | torch.device
                         np.concatenate(tp_out).astype(np.float32) if tp_out else None)
 
 
-def nuclei_from_maps(maps: HoVerNetMaps, index: int,
-                     postprocess: PostProcessConfig = PostProcessConfig()) -> TileNuclei:
-    """Post-process tile ``index`` of ``maps`` into instances and their types."""
-    inst = instances_from_maps(maps.np_prob[index], maps.hv[index], postprocess)
+def nuclei_from_maps(maps: HoVerNetMaps, index: int, postprocess: PostProcessConfig | None = None) -> TileNuclei:
+    """Post-process tile ``index`` of ``maps`` into instances and their types (reference settings when
+    ``postprocess`` is None)."""
+    inst = instances_from_maps(maps.np_prob[index], maps.hv[index], postprocess or PostProcessConfig())
     n = int(inst.max())
     if maps.tp_prob is None:
         return TileNuclei(inst, np.zeros(n, np.int32), np.ones(n, np.float32))
@@ -140,8 +140,7 @@ def nuclei_from_maps(maps: HoVerNetMaps, index: int,
 
 
 def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.device | None = None,
-                       postprocess: PostProcessConfig = PostProcessConfig(), batch_size: int = 8
-                       ) -> BatchSegmentation:
+                       postprocess: PostProcessConfig | None = None, batch_size: int = 8) -> BatchSegmentation:
     """Segment and type the nuclei of a batch of RGB tiles.
 
     Parameters
@@ -150,7 +149,8 @@ def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.d
     batch : (N, H, W, 3) uint8 ndarray
         Tiles at the model's resolution (``model.config.mpp`` microns per pixel).
     device : torch device, optional
-    postprocess : PostProcessConfig
+    postprocess : PostProcessConfig, optional
+        Default: the settings stored with the model (``model.postprocess``), else the reference's.
     batch_size : int
         Tiles per forward pass.
 
@@ -161,4 +161,5 @@ def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.d
         holds the NP/HV/TP maps.
     """
     maps = predict_maps(model, batch, device=device, batch_size=batch_size)
-    return BatchSegmentation([nuclei_from_maps(maps, i, postprocess) for i in range(len(maps.np_prob))], maps)
+    pp = postprocess or getattr(model, "postprocess", None)
+    return BatchSegmentation([nuclei_from_maps(maps, i, pp) for i in range(len(maps.np_prob))], maps)
