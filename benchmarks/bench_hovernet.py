@@ -1,9 +1,10 @@
 """Accuracy and tile throughput of a HoVer-Net checkpoint on held-out generated tiles.
 
 Tiles come from :func:`pathgen.data.synth.render_tile` with the dataset seeds of ``write_tile_dataset(seed=...)``
-(pass a seed the model was not trained or validated on), cycling over the sites. Reported: per-tile means of PQ,
-DQ, SQ, AJI, AJI+ and DICE1 (tiles with no nucleus on either side skipped), CoNIC mPQ+ over the 6 Lizard types
-(counts pooled over the tiles), and the CPU time of :func:`pathgen.segment.infer.segment_tile_batch` (network +
+(pass a seed the model was not trained or validated on), cycling over the sites. Reported, with the
+post-processing stored with the model and with the reference's: per-tile means of PQ, DQ, SQ, AJI, AJI+ and
+DICE1 (tiles with no nucleus on either side skipped), CoNIC mPQ+ over the 6 Lizard types (counts pooled over the
+tiles); and the CPU time of :func:`pathgen.segment.infer.segment_tile_batch` (network +
 post-processing) in tiles/s and Mpx/s.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_hovernet.py --model sample_data/models/hovernet_small --seed 3
@@ -42,7 +43,8 @@ def main() -> None:
     from pathgen.data.synth import render_tile, tile_seed
     from pathgen.metrics import instance_scores, mpq_plus_conic
     from pathgen.segment.checkpoint import load_model
-    from pathgen.segment.infer import segment_tile_batch
+    from pathgen.segment.infer import nuclei_from_maps, predict_maps, segment_tile_batch
+    from pathgen.segment.postprocess import PostProcessConfig
 
     model = load_model(args.model)
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
@@ -57,29 +59,46 @@ def main() -> None:
         nuclei += segment_tile_batch(model, images[start:start + args.batch_size]).nuclei
     seconds = time.perf_counter() - t0
 
-    rows = [instance_scores(t.instances, n.instances) for t, n in zip(tiles, nuclei)
-            if t.instances.any() or n.instances.any()]
     keys = ("pq", "dq", "sq", "aji", "aji_plus", "dice1")
-    means = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
-    n_true = sum(int(r["n_true"]) for r in rows)
-    n_pred = sum(int(r["n_pred"]) for r in rows)
-    typed = None
-    if model.config.nr_types == 7:
-        true = [np.stack([t.instances, t.classes], -1) for t in tiles]
-        pred = [np.stack([n.instances, n.class_map()], -1) for n in nuclei]
-        typed = mpq_plus_conic(true, pred, n_classes=6)
+
+    def score(found):
+        rows = [instance_scores(t.instances, n.instances) for t, n in zip(tiles, found)
+                if t.instances.any() or n.instances.any()]
+        means = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+        typed = None
+        if model.config.nr_types == 7:
+            true = [np.stack([t.instances, t.classes], -1) for t in tiles]
+            pred = [np.stack([n.instances, n.class_map()], -1) for n in found]
+            typed = mpq_plus_conic(true, pred, n_classes=6)
+        return means, typed, sum(int(r["n_true"]) for r in rows), sum(int(r["n_pred"]) for r in rows)
+
+    means, typed, n_true, n_pred = score(nuclei)
+    table = [("stored with the model" if model.postprocess is not None else "reference", means, typed)]
+    if model.postprocess is not None:  # the same network maps with the reference's post-processing
+        maps = predict_maps(model, images, batch_size=args.batch_size)
+        ref = [nuclei_from_maps(maps, i, PostProcessConfig()) for i in range(len(images))]
+        ref_means, ref_typed, _, _ = score(ref)
+        table.append(("reference (0.5 / 0.4 / 21)", ref_means, ref_typed))
     mpx = images.shape[0] * images.shape[1] * images.shape[2] / 1e6
+    pp = model.postprocess
+    pp_text = ("reference" if pp is None else f"np_threshold {pp.np_threshold}, marker_threshold "
+               f"{pp.marker_threshold}, sobel_size {pp.sobel_size} (chosen on the validation set)")
 
     lines = [f"- model: `{args.model}` ({sum(p.numel() for p in model.parameters()):,} parameters, "
-             f"{model.config.nr_types} TP channels, {model.config.mpp} µm/px)",
+             f"{model.config.nr_types} TP channels, {model.config.mpp} µm/px); post-processing stored with it: "
+             f"{pp_text}",
              f"- held-out tiles: {args.n} x {args.size}² px from `write_tile_dataset(seed={args.seed})` seeds, sites "
              f"{','.join(sites)}; {n_true} true / {n_pred} predicted nuclei",
              f"- torch threads {args.threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", "",
-             "| PQ | DQ | SQ | AJI | AJI+ | Dice (DICE1) | mPQ+ (6 types) |", "|---|---|---|---|---|---|---|",
-             "| " + " | ".join(f"{means[k]:.4f}" for k in keys) + " | "
-             + (f"{typed.mpq_plus:.4f}" if typed is not None else "n/a") + " |", ""]
+             "| post-processing | PQ | DQ | SQ | AJI | AJI+ | Dice (DICE1) | mPQ+ (6 types) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m, t in table:
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " | "
+                     + (f"{t.mpq_plus:.4f}" if t is not None else "n/a") + " |")
+    lines.append("")
     if typed is not None:
-        lines += ["| type | PQ+ | TP | FP | FN |", "|---|---|---|---|---|"]
+        lines += ["PQ+ per type, post-processing stored with the model:", "",
+                  "| type | PQ+ | TP | FP | FN |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {c.pq:.4f} | {c.tp} | {c.fp} | {c.fn} |" for name, c in typed.per_class.items()]
         lines.append("")
     lines.append(f"- segment_tile_batch on CPU (network + post-processing): {args.n / seconds:.2f} tiles/s, "

@@ -14,7 +14,8 @@ from PIL import Image
 
 from pathgen.errors import PathgenError
 from pathgen.segment.checkpoint import load_model, read_checkpoint_config
-from pathgen.segment.data import AugmentConfig, NucleiSample, count_types, open_nuclei_dataset, random_patch
+from pathgen.segment.data import (AUGMENT_PRESETS, AugmentConfig, NucleiSample, count_types, jitter_stains,
+                                  open_nuclei_dataset, random_patch)
 from pathgen.segment.targets import hv_maps
 from pathgen.segment.train import TrainConfig, train_hovernet
 
@@ -81,8 +82,8 @@ def test_tile_folder_dataset_and_augmented_patches(tmp_path):
     s = ds[1]
     assert s.image.shape == (48, 48, 3) and s.image.dtype == np.uint8 and s.instances.dtype == np.int32
     rng = np.random.default_rng(0)
-    for _ in range(5):
-        p = random_patch(s, 32, rng, AugmentConfig())
+    for k in range(6):
+        p = random_patch(s, 32, rng, AUGMENT_PRESETS["strong"] if k % 2 else AugmentConfig())
         assert p.image.shape == (32, 32, 3) and p.instances.shape == (32, 32)
         # geometry moves together: every instance keeps a single class, and HV recomputed on the moved
         # instances spans [-1, 1] inside each whole nucleus
@@ -97,13 +98,30 @@ def test_tile_folder_dataset_and_augmented_patches(tmp_path):
         open_nuclei_dataset(tmp_path / "d", "jpeg")
 
 
+def test_stain_jitter_is_identity_without_change_and_darkens_with_more_haematoxylin():
+    img = fake_tile(7).image
+    rng = np.random.default_rng(0)
+    assert np.abs(jitter_stains(img, rng, 0.0, 0.0).astype(int) - img).max() <= 2
+
+    class Fixed:  # draws: alpha_H, alpha_E, beta_H, beta_E
+        def __init__(self, values):
+            self.values = iter(values)
+
+        def uniform(self, lo, hi):
+            return next(self.values)
+
+    darker = jitter_stains(img, Fixed([1.5, 1.0, 0.0, 0.0]), 0.5, 0.0)
+    assert darker.shape == img.shape and darker.dtype == np.uint8
+    assert darker.astype(int).sum() < img.astype(int).sum()
+
+
 def test_training_run_writes_checkpoint_logs_and_plot(tmp_path):
     data = write_dataset(tmp_path / "train", range(6))
     val = write_dataset(tmp_path / "val", range(100, 102))
     lines = []
     res = train_hovernet(data, tmp_path / "run", quick(), val=val, log=lines.append)
     run = tmp_path / "run"
-    assert len(lines) == 3 and res.best_epoch in (1, 2, 3)
+    assert len(lines) == 4 and res.best_epoch in (1, 2, 3)  # 3 epochs + the post-processing tuning
     rows = list(csv.DictReader(open(run / "loss_log.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and all(r["val_loss"] for r in rows)
     assert all(float(r["lr"]) > 0 for r in rows)
@@ -114,6 +132,10 @@ def test_training_run_writes_checkpoint_logs_and_plot(tmp_path):
     assert desc["model"]["type_names"] == ["round", "long"] and desc["model"]["nr_types"] == 3
     model = load_model(run)
     assert model.config.mpp == 0.5
+    # post-processing chosen on validation, stored with the weights, used by inference by default
+    tuning = desc["training"]["postprocess_tuning"]
+    assert tuning["reference_settings"]["marker_threshold"] == 0.4 and len(tuning["table"]) == 36
+    assert model.postprocess is not None and model.postprocess.sobel_size == tuning["chosen"]["sobel_size"]
     train_json = json.loads((run / "train.json").read_text())
     assert train_json["train_tiles"] == 6 and train_json["val_tiles"] == 2
     with pytest.raises(PathgenError, match="resume"):
@@ -187,6 +209,14 @@ def test_train_hovernet_command(tmp_path):
     with pytest.raises(PathgenError, match="not empty"):
         app(args=args, standalone_mode=False)
     app(args=args + ["--overwrite", "--preset", "tiny"], standalone_mode=False)
+    # fine-tune the result with strong augmentation: same architecture, --preset ignored
+    tuned = ["train", "hovernet", "--data", str(data), "-o", str(tmp_path / "ft"), "--init", str(tmp_path / "run"),
+             "--preset", "small", "--augment", "strong", "--epochs", "1", "--batch-size", "2", "--patch-size", "32",
+             "--steps-per-epoch", "1", "--threads", "1"]
+    app(args=tuned, standalone_mode=False)
+    assert load_model(tmp_path / "ft").config == load_model(tmp_path / "run").config
+    with pytest.raises(PathgenError, match="augment"):
+        app(args=tuned[:-2] + ["--augment", "wild", "--overwrite"], standalone_mode=False)
     with pytest.raises(PathgenError, match="unknown preset"):
         app(args=args + ["--overwrite", "--preset", "huge"], standalone_mode=False)
 

@@ -87,7 +87,8 @@ def test_qc_slide_pair_and_report(real_svs, tmp_path, capsys):
     norm = StainNormalizer("macenko").fit_target(None)
     normalize_slide(real_svs, out, norm, engine=EngineConfig(tile_size=512, overlap=32))
     rc = main(["qc", "report", str(real_svs), str(out), "-o", str(tmp_path / "r.html"), "--max-tiles", "20"])
-    assert rc == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
     page = (tmp_path / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # before, after, histogram
     expect = slide_pair_ssim(real_svs, out, tile=256, max_tiles=20)
@@ -96,3 +97,23 @@ def test_qc_slide_pair_and_report(real_svs, tmp_path, capsys):
     rc = main(["qc", "ssim", str(real_svs), str(out), "--json"])
     d = json.loads(capsys.readouterr().out)
     assert rc == 0 and 0.5 < d["ssim"] < 1.0 and d["ssim_std"] >= 0
+
+
+def test_batch_resume_skips_finished_outputs(tmp_path, capsys):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(render_tile(128, seed=i, site="B").image).save(src / f"t{i}.png")
+    out = tmp_path / "out"
+    assert main(["normalize", str(src), "-o", str(out), "--method", "macenko", "-q"]) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    (out / "t1.png").unlink()  # as if the job had been killed before t1 finished
+    assert main(["normalize", str(src), "-o", str(out), "--method", "macenko"]) != 0  # refuses to clobber
+    capsys.readouterr()
+    assert main(["normalize", str(src), "-o", str(out), "--method", "macenko", "--resume", "-q"]) == 0
+    assert "1 to go" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("*.png")) == ["t0.png", "t1.png", "t2.png"]
+    for name in ("t0.png", "t2.png"):
+        assert (out / name).stat().st_mtime_ns == stamps[name]

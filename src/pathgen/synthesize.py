@@ -181,7 +181,7 @@ def synthesize_dataset(out_dir: str | os.PathLike, n: int | None = None,
                        nasdm_checkpoint: str | os.PathLike | None = None,
                        maskgen_checkpoint: str | os.PathLike | None = None,
                        masks_dir: str | os.PathLike | None = None, types: str | Sequence[str] | None = None,
-                       guidance: float = 1.5, steps: int = 50, scheduler: str = "dpm", seed: int = 0,
+                       guidance: float = 1.5, steps: int = 50, scheduler: str = "ddpm", seed: int = 0,
                        batch_size: int = 8, device: str = "auto", mask_guidance: float = 1.0,
                        mask_size: int | None = None, overwrite: bool = False,
                        on_sample: Callable[[int, str], None] | None = None) -> SynthesisResult:
@@ -389,7 +389,7 @@ def synthesize_dataset(out_dir: str | os.PathLike, n: int | None = None,
 
 def synthesize_masks(out_dir: str | os.PathLike, n: int, maskgen_checkpoint: str | os.PathLike,
                      types: str | Sequence[str] | None = None, guidance: float = 1.0, steps: int = 50,
-                     scheduler: str = "dpm", seed: int = 0, batch_size: int = 8, device: str = "auto",
+                     scheduler: str = "ddpm", seed: int = 0, batch_size: int = 8, device: str = "auto",
                      size: int | None = None, overwrite: bool = False,
                      on_sample: Callable[[int, str], None] | None = None) -> SynthesisResult:
     """Generate ``n`` instance-aware masks with MaskGen into ``out_dir/instances`` + ``classes`` (resumable,

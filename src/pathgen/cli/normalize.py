@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from pathgen.cli.options import SCHEDULER, THREADS, WORKERS
+
 
 def _is_slide(path: str | Path) -> bool:
     """The one place the command decides "is this a whole slide?".
@@ -44,8 +46,15 @@ def normalize(
     lasso_lambda: float = typer.Option(0.01, "--lasso-lambda", help="L1 weight of the concentration solve."),
     luminosity_threshold: float = typer.Option(0.8, "--luminosity-threshold",
                                                help="Tissue is CIELAB L/100 below this."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pixel sampling and Vahadane subsampling."),
+    overlap: int = typer.Option(32, "--overlap", help="Halo in pixels blended between slide tiles."),
+    resume: bool = typer.Option(False, "--resume", help="Batch runs: skip inputs whose output already exists "
+                                                        "(outputs are only ever complete files)."),
+    workers: Optional[int] = WORKERS,
+    scheduler: Optional[str] = SCHEDULER,
+    threads: Optional[int] = THREADS,
+    batch_size: int = typer.Option(4, "--batch-size", help="Slide tiles per call of the transform."),
 ) -> None:
     """Stain-normalise images or slides to a target; each image/slide gets one source fit."""
     from pathgen.config import save_run_config
@@ -60,11 +69,15 @@ def normalize(
                                  luminosity_threshold=luminosity_threshold)
     if tile_size < 16:
         raise PathgenError(f"--tile-size must be at least 16, got {tile_size}")
+    from pathgen.cli.options import engine_config
+
+    engine = engine_config(workers, scheduler, device, batch_size, threads, tile_size=tile_size, overlap=overlap)
     inputs = expand_inputs(input)
     single = Path(input).is_file()  # a folder or a glob always writes into an output folder
 
     # Decide every output and refuse clashes before any work starts.
     jobs: list[tuple[Path, Path, bool]] = []
+    skipped: list[Path] = []
     if single:
         slide = _is_slide(inputs[0])
         if not slide:
@@ -81,10 +94,15 @@ def normalize(
         for src in inputs:
             slide = _is_slide(src)
             dst = _slide_output(src, output) if slide else output / src.name
+            if resume and not overwrite and dst.exists():
+                skipped.append(dst)
+                continue
             check_output(dst, overwrite=overwrite, inputs=(src,))
             jobs.append((src, dst, slide))
         if len({dst for _, dst, _ in jobs}) != len(jobs):
             raise PathgenError("two inputs would write the same output name", output)
+        if skipped:
+            typer.echo(f"resuming: {len(skipped)} output(s) already done, {len(jobs)} to go")
 
     normalizer.fit_target(target)
     sources: dict[str, object] = {}
@@ -93,7 +111,7 @@ def normalize(
             if slide:
                 from pathgen.stain.slide import normalize_slide  # slide engine: fits the source once per slide
 
-                normalize_slide(src, dst, normalizer, per_tile=per_tile, overwrite=overwrite)
+                normalize_slide(src, dst, normalizer, per_tile=per_tile, overwrite=overwrite, engine=engine)
                 result = None if per_tile else normalizer.source
             else:
                 result = normalize_image_file(src, dst, normalizer, per_tile=per_tile, tile_size=tile_size,

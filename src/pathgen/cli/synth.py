@@ -45,7 +45,6 @@ def train_nasdm_cmd(
     max_minutes: Optional[float] = typer.Option(None, help="Stop (resumably) after this much wall time."),
 ) -> None:
     """Train NASDM (mask-conditioned H&E diffusion) on a tile dataset."""
-    from pathgen.errors import require_file  # noqa: F401 - keeps import errors user-facing
     from pathgen.nasdm.train import NASDMTrainConfig, train_nasdm
 
     cfg = NASDMTrainConfig(preset=preset, image_size=image_size, model_channels=channels, steps=steps, lr=lr,
@@ -129,7 +128,8 @@ def synth_images_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (images/, instances/, classes/)."),
     guidance: float = typer.Option(1.5, help="Guidance scale s: 0 unconditional, 1 conditional, >1 stronger."),
     steps: int = typer.Option(50, help="Denoising steps."),
-    scheduler: str = typer.Option("dpm", help="Sampler: ddpm, ddim or dpm."),
+    scheduler: str = typer.Option("ddpm", help="Sampler: ddpm (ancestral, learned variance), ddim or dpm "
+                                               "(DPM-Solver++)."),
     seed: int = typer.Option(0, help="Job seed (sample i uses a seed derived from (seed, i))."),
     batch_size: int = typer.Option(8, help="Masks per batch."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
@@ -152,7 +152,8 @@ def synth_masks_cmd(
                                         "epithelial,lymphocyte (default: drawn from the training data)."),
     guidance: float = typer.Option(1.0, help="Guidance scale on the presence vector."),
     steps: int = typer.Option(50, help="Denoising steps."),
-    scheduler: str = typer.Option("dpm", help="Sampler: ddpm, ddim or dpm."),
+    scheduler: str = typer.Option("ddpm", help="Sampler: ddpm (ancestral, learned variance), ddim or dpm "
+                                               "(DPM-Solver++)."),
     seed: int = typer.Option(0, help="Job seed."),
     batch_size: int = typer.Option(8, help="Masks per batch."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
@@ -175,7 +176,8 @@ def synthesize_dataset_cmd(
     types: Optional[str] = typer.Option(None, "--types", help="With --maskgen: nucleus types to include."),
     guidance: float = typer.Option(1.5, help="NASDM guidance scale s."),
     steps: int = typer.Option(50, help="Denoising steps (both models)."),
-    scheduler: str = typer.Option("dpm", help="Sampler: ddpm, ddim or dpm."),
+    scheduler: str = typer.Option("ddpm", help="Sampler: ddpm (ancestral, learned variance), ddim or dpm "
+                                               "(DPM-Solver++)."),
     seed: int = typer.Option(0, help="Job seed (sample i uses seeds derived from (seed, i))."),
     batch_size: int = typer.Option(8, help="Samples per batch."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),

@@ -32,7 +32,11 @@ def hovernet(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Hold-out share when --val is not given."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="µm/px of the training tiles, stored with the model "
                                                             "(default: the dataset's, else 0.5)."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="Turn off flips, rotations and colour jitter."),
+    augment: str = typer.Option("standard", "--augment",
+                                help="standard (flips, rotations, colour jitter) | strong (adds stain and blur "
+                                     "jitter; for generated tiles meant for real slides) | none."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this HoVer-Net checkpoint (fine-tune; "
+                                                             "its architecture replaces --preset)."),
     data_format: str = typer.Option("auto", "--format", help="auto | tiles | hovernet-mat | pannuke | conic."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, split, sampling, augmentation)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda[:N] | auto."),
@@ -44,7 +48,7 @@ def hovernet(
     import torch
 
     from pathgen.progress import QUIET
-    from pathgen.segment.data import AugmentConfig
+    from pathgen.segment.data import AUGMENT_PRESETS
     from pathgen.segment.train import TrainConfig, train_hovernet
 
     if threads is not None:
@@ -53,12 +57,21 @@ def hovernet(
         preset=preset, epochs=epochs, frozen_epochs=frozen_epochs, batch_size=batch_size, patch_size=patch_size,
         steps_per_epoch=steps_per_epoch, lr=lr, lr_step=lr_step, val_every=val_every, val_fraction=val_fraction,
         seed=seed, pretrained=None if pretrained is None else str(pretrained), mpp=mpp,
-        augment=None if no_augment else AugmentConfig(), device=device)
+        init_from=None if init is None else str(init),
+        augment=None if augment == "none" else _augment(augment, AUGMENT_PRESETS), device=device)
     echo = (lambda _m: None) if QUIET else (lambda m: typer.echo(m, err=True))
     result = train_hovernet(data, output, config, val=val, resume=resume, overwrite=overwrite,
                             data_format=data_format, log=echo)
     value = "" if result.criterion == "last_epoch" else f" ({result.criterion} {result.best_value:.4f})"
     typer.echo(f"best checkpoint: epoch {result.best_epoch}{value} -> {output}")
+
+
+def _augment(name: str, presets: dict):
+    from pathgen.errors import PathgenError
+
+    if name not in presets:
+        raise PathgenError(f"unknown --augment {name!r} (choose standard, strong or none)")
+    return presets[name]
 
 
 def register(app: typer.Typer) -> None:

@@ -79,7 +79,7 @@ class NoiseSchedule:
 
 
 def linear_schedule_for(num_train_timesteps: int, learned_variance: bool = True) -> NoiseSchedule:
-    """NASDM's linear schedule scaled as improved-diffusion does for ``T ≠ 1000``: β from 1e-4·1000/T to 0.02·1000/T."""
+    """NASDM's linear schedule scaled as improved-diffusion does for ``T ≠ 1000``: β 1e-4·1000/T → 0.02·1000/T."""
     scale = 1000.0 / num_train_timesteps
     return NoiseSchedule(num_train_timesteps, 1e-4 * scale, 0.02 * scale, "linear", learned_variance)
 

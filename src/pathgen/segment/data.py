@@ -283,6 +283,13 @@ class AugmentConfig:
         Saturation (chroma) factor drawn from 1 +- ``saturation``.
     hue : float
         Hue rotation drawn from +-``hue`` of the full circle.
+    stain_scale : float
+        Haematoxylin and eosin amounts (Ruifrok-Johnston optical densities) each multiplied by a factor drawn
+        from 1 +- ``stain_scale``, so a model cannot rely on absolute stain intensity.
+    stain_shift : float
+        Optical density drawn from +-``stain_shift`` added to each stain.
+    blur : float
+        With probability 1/2, a Gaussian blur of sigma drawn from 0..``blur`` pixels (focus, compression).
     """
 
     flips: bool = True
@@ -291,6 +298,18 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.04
+    stain_scale: float = 0.0
+    stain_shift: float = 0.0
+    blur: float = 0.0
+
+
+#: Named augmentation settings: ``standard`` (flips, rotations, mild colour jitter) and ``strong`` (adds stain
+#: and blur jitter and widens the colour ranges; for training on generated tiles meant for real slides).
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "standard": AugmentConfig(),
+    "strong": AugmentConfig(brightness=0.1, contrast=0.3, saturation=0.3, hue=0.06, stain_scale=0.5,
+                            stain_shift=0.15, blur=1.5),
+}
 
 
 # Luma and chroma axes (YIQ): hue turns the chroma plane, saturation scales it.
@@ -323,6 +342,24 @@ def jitter_colour(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfi
     return np.clip(np.rint(img), 0, 255).astype(np.uint8).reshape(image.shape)
 
 
+def jitter_stains(image: np.ndarray, rng: np.random.Generator, scale: float, shift: float) -> np.ndarray:
+    """Scale and shift the haematoxylin and eosin optical densities of an (H, W, 3) uint8 image (uint8 out).
+
+    Colour deconvolution with the Ruifrok-Johnston matrix (``skimage.color.rgb_from_hed``); the third (DAB)
+    component is left alone.
+    """
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    od = -np.log((image.reshape(-1, 3).astype(np.float32) + 1.0) / 256.0)
+    conc = od @ hed_from_rgb.astype(np.float32)
+    alpha = np.array([rng.uniform(1 - scale, 1 + scale), rng.uniform(1 - scale, 1 + scale), 1.0], np.float32)
+    beta = np.array([rng.uniform(-shift, shift), rng.uniform(-shift, shift), 0.0], np.float32)
+    # add only the change of the stain amounts, so unchanged amounts give the input back exactly
+    od = np.maximum(od + (conc * (alpha - 1.0) + beta) @ rgb_from_hed.astype(np.float32), 0.0)
+    out = 256.0 * np.exp(-od) - 1.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(image.shape)
+
+
 def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,
                  augment: AugmentConfig | None = None) -> NucleiSample:
     """A random ``size`` x ``size`` crop of ``sample``, moved and colour-jittered by ``augment`` (None: crop only).
@@ -348,7 +385,17 @@ def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,
             k = int(rng.integers(0, 4))
             arrays = [np.rot90(a, k, axes=(0, 1)) for a in arrays]
     arrays = [np.ascontiguousarray(a) for a in arrays]
-    image = jitter_colour(arrays[0], rng, augment) if augment is not None else arrays[0]
+    image = arrays[0]
+    if augment is not None:
+        if augment.stain_scale > 0 or augment.stain_shift > 0:
+            image = jitter_stains(image, rng, augment.stain_scale, augment.stain_shift)
+        image = jitter_colour(image, rng, augment)
+        if augment.blur > 0 and rng.random() < 0.5:
+            from scipy.ndimage import gaussian_filter
+
+            sigma = rng.uniform(0, augment.blur)
+            image = np.clip(np.rint(gaussian_filter(image.astype(np.float32), (sigma, sigma, 0))), 0, 255
+                            ).astype(np.uint8)
     return NucleiSample(sample.name, image, arrays[1], arrays[2] if len(arrays) > 2 else None)
 
 
