@@ -119,7 +119,7 @@ class EngineConfig:
     """How tiles are cut, batched, blended and scheduled (saved with outputs)."""
 
     tile_size: int = 512
-    overlap: int = 32
+    overlap: int | None = 32  # None: the job chooses (e.g. 0 for pointwise transforms)
     batch_size: int = 8
     blend: str = "cosine"
     workers: int | None = None  # None: threads in this process; N: a local cluster of N processes
@@ -410,7 +410,7 @@ def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8
     from pathgen.progress import progress_bar
 
     h, w = source.shape
-    grid = TileGrid(w, h, cfg.tile_size, cfg.overlap)
+    grid = TileGrid(w, h, cfg.tile_size, 32 if cfg.overlap is None else cfg.overlap)
     if cfg.blend not in BLENDS:
         raise PathgenError(f"unknown blend {cfg.blend!r} (choose {', '.join(BLENDS)})")
     report = report if report is not None else RunReport()

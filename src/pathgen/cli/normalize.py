@@ -48,7 +48,9 @@ def normalize(
                                                help="Tissue is CIELAB L/100 below this."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pixel sampling and Vahadane subsampling."),
-    overlap: int = typer.Option(32, "--overlap", help="Halo in pixels blended between slide tiles."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Halo in pixels blended between slide tiles "
+                                                                  "(default: 0 with one slide-level fit, whose "
+                                                                  "transform is pointwise; 32 with --per-tile)."),
     resume: bool = typer.Option(False, "--resume", help="Batch runs: skip inputs whose output already exists "
                                                         "(outputs are only ever complete files)."),
     workers: Optional[int] = WORKERS,

@@ -417,10 +417,10 @@ def plot_loss_log(history: list[dict], path: Path, width: int = 800, height: int
             d.line([left, y, right, y], fill=(225, 225, 225))
             d.text((8, y - 6), f"{v:.3g}", fill="black")
             d.text((right + 6, y - 6), f"{k / 5:.1f}", fill=pq[2])
-        n_ticks = min(10, x1 - x0)
-        for k in range(n_ticks + 1):
-            e = x0 + (x1 - x0) * k / n_ticks
-            d.text((px(e) - 8, bottom + 6), f"{e:.0f}", fill="black")
+        step = max(1, math.ceil((x1 - x0) / 10))  # at most ~10 integer epoch ticks
+        for e in range(x0, x1 + 1, step):
+            d.line([px(e), bottom, px(e), bottom + 4], fill="black")
+            d.text((px(e) - 4 * len(str(e)), bottom + 6), str(e), fill="black")
         d.text(((left + right) // 2 - 20, bottom + 24), "epoch", fill="black")
         for name, (xs, ys, colour) in series.items():
             pts = [(px(x), py(y)) for x, y in zip(xs, ys) if _finite(y)]

@@ -120,8 +120,9 @@ def normalize_slide(input_path: str | os.PathLike, output: str | os.PathLike, no
                     ) -> RunReport:
     """Normalise a whole slide into a pyramidal TIFF (or OME-Zarr) with a fitted-target ``normalizer``.
 
-    The source is fitted once from tissue sampled across the slide (unless ``per_tile``), then every window is
-    transformed with those numbers and stitched with blending. Windows without tissue are filled with the target
+    The source is fitted once from tissue sampled across the slide (unless ``per_tile``), then every tile is
+    transformed with those numbers; an ``engine.overlap`` of None means 0 for the slide-level fit (the transform
+    is pointwise, so tiles join exactly) and 32 px of blended halo for per-tile fits. Windows without tissue are filled with the target
     background (``skip_background``). A JSON beside the output records the source and target fits, the settings,
     versions and seed.
     """
@@ -132,7 +133,7 @@ def normalize_slide(input_path: str | os.PathLike, output: str | os.PathLike, no
     if normalizer.target is None:
         raise PathgenError("the normaliser has no target; call fit_target() first")
     check_output(output, overwrite=overwrite, inputs=(input_path,))
-    engine = engine or EngineConfig(tile_size=512, overlap=32, batch_size=4)
+    engine = engine or EngineConfig(tile_size=512, overlap=None, batch_size=4)
     with open_slide(input_path, mpp=slide_mpp) as slide:
         mask = tissue_mask(slide, fit_config.tissue)
         if not mask.mask.any():
@@ -140,8 +141,14 @@ def normalize_slide(input_path: str | os.PathLike, output: str | os.PathLike, no
         if not per_tile:
             normalizer.source = fit_slide(slide, normalizer, level=level, config=fit_config, mask=mask)
         i0 = normalizer.target.i0 if normalizer.target.i0 is not None else np.array([255.0] * 3)
-        cfg = EngineConfig(**{**engine.__dict__, "skip_background": skip_background,
-                              "background": tuple(float(v) for v in np.asarray(i0).reshape(-1)[:3])})
+        overrides = {"skip_background": skip_background,
+                     "background": tuple(float(v) for v in np.asarray(i0).reshape(-1)[:3])}
+        if not per_tile and engine.overlap is None:
+            # one fit for the whole slide makes the transform pointwise: tiles need no halo and no blending
+            overrides["overlap"] = 0
+        elif engine.overlap is None:
+            overrides["overlap"] = 32
+        cfg = EngineConfig(**{**engine.__dict__, **overrides})
         report = run_slide(slide, NormalizeTiles(normalizer, per_tile), output, level=None if mpp else level, mpp=mpp,
                            cfg=cfg, tissue=mask, compression=compression, quality=quality, overwrite=overwrite,
                            progress_desc=f"normalize ({normalizer.method})")
