@@ -149,6 +149,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=48, help="mask / tile size in pixels (> the 32 px window: the "
                                                          "tiles are rendered by window fusion)")
     ap.add_argument("--quick", action="store_true", help="fewer sweep points")
+    ap.add_argument("--only", nargs="+", metavar="SCHED:STEPS:S",
+                    help="measure only these settings (e.g. ddpm:250:3), no sweeps, MaskGen or KID")
     ap.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
     args = ap.parse_args()
 
@@ -173,6 +175,17 @@ def main() -> None:
              f"- segmenter: {seg.name}", f"- torch threads: 1", "", head, rule]
     real_res = fidelity(masks, real, seg)
     lines.append(f"| real held-out images (segmenter ceiling) | – | {_fmt(real_res, typed)} |")
+
+    if args.only:
+        for spec in args.only:
+            sched, steps, s = spec.split(":")
+            imgs, spt = synth(pipe, masks, float(s), int(steps), sched)
+            lines.append(f"| {sched} {steps} steps (s={float(s):g}) | {spt:.2f} | "
+                         f"{_fmt(fidelity(masks, imgs, seg), typed)} |")
+            print(lines[-1], flush=True)
+        if not args.no_append:
+            append_results("NASDM mask fidelity, extra settings (bench_nasdm.py)", lines)
+        return
 
     # guidance sweep
     base_sched, base_steps = "ddim", (10 if args.quick else 25)
