@@ -117,3 +117,26 @@ def test_batch_resume_skips_finished_outputs(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("*.png")) == ["t0.png", "t1.png", "t2.png"]
     for name in ("t0.png", "t2.png"):
         assert (out / name).stat().st_mtime_ns == stamps[name]
+
+
+def test_saasn_method_on_image_and_slide(make_slide, tmp_path, capsys):
+    """`pathgen normalize --method saasn` with the shipped model: image in → image out, slide in → pyramid out,
+    deterministic."""
+    from PIL import Image
+
+    tile = render_tile(160, seed=5, site="D").image
+    Image.fromarray(tile).save(tmp_path / "in.png")
+    assert main(["normalize", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png"), "--method", "saasn",
+                 "-q"]) == 0
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert out.shape == tile.shape and out.dtype == np.uint8 and np.abs(out.astype(int) - tile).mean() > 1
+    slide = make_slide(np.concatenate([tile, tile], axis=1), mpp=0.5, tile=128)
+    for name in ("a.tiff", "b.tiff"):
+        assert main(["normalize", str(slide), "-o", str(tmp_path / name), "--method", "saasn", "-q"]) == 0
+    with openslide.OpenSlide(str(tmp_path / "a.tiff")) as a, openslide.OpenSlide(str(tmp_path / "b.tiff")) as b:
+        pa = np.asarray(a.read_region((0, 0), 0, a.dimensions))
+        np.testing.assert_array_equal(pa, np.asarray(b.read_region((0, 0), 0, b.dimensions)))
+    capsys.readouterr()
+    assert main(["normalize", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.png"), "--method", "saasn",
+                 "--target", str(tmp_path / "in.png")]) != 0
+    assert "no --target" in capsys.readouterr().err

@@ -28,7 +28,9 @@ def _slide_output(input_path: Path, out_dir: Path) -> Path:
 def normalize(
     input: str = typer.Argument(..., help="Image file (PNG/JPEG/TIFF), slide, folder, or quoted glob pattern."),
     output: Path = typer.Option(..., "-o", "--output", help="Output file (one input) or folder (several)."),
-    method: str = typer.Option("macenko", "--method", "-m", help="macenko | vahadane | reinhard."),
+    method: str = typer.Option("macenko", "--method", "-m", help="macenko | vahadane | reinhard | saasn."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="SAASN run folder for --method saasn "
+                                                                         "(default: the shipped small model)."),
     target: Optional[str] = typer.Option(None, "--target", "-t",
                                          help="Target: image, folder of images (one domain), slide, or stain JSON "
                                               "from `pathgen stain fit` (default: built-in target)."),
@@ -66,9 +68,13 @@ def normalize(
     from pathgen.stain.apply import expand_inputs, image_format, normalize_image_file
     from pathgen.stain.normalize import StainNormalizer
 
-    normalizer = StainNormalizer(method, percentile=percentile, i0=i0, lasso_lambda=lasso_lambda,
-                                 rescale=not no_rescale, brightness=brightness, device=device, seed=seed,
-                                 luminosity_threshold=luminosity_threshold)
+    saasn = method == "saasn"
+    if not saasn:
+        normalizer = StainNormalizer(method, percentile=percentile, i0=i0, lasso_lambda=lasso_lambda,
+                                     rescale=not no_rescale, brightness=brightness, device=device, seed=seed,
+                                     luminosity_threshold=luminosity_threshold)
+    elif target is not None:
+        raise PathgenError("--method saasn takes no --target: the target domain is the one the model learned")
     if tile_size < 16:
         raise PathgenError(f"--tile-size must be at least 16, got {tile_size}")
     from pathgen.cli.options import engine_config
@@ -106,6 +112,9 @@ def normalize(
         if skipped:
             typer.echo(f"resuming: {len(skipped)} output(s) already done, {len(jobs)} to go")
 
+    if saasn:
+        _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output)
+        return
     normalizer.fit_target(target)
     sources: dict[str, object] = {}
     with progress_bar(len(jobs), f"normalize ({method})", unit="files") as bar:
@@ -128,6 +137,39 @@ def normalize(
     typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} -> {output}")
 
 
+def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output) -> None:
+    """The deep many-to-one normaliser: the SAASN X→Y generator over blended tiles, slides or images."""
+    from pathgen.config import save_run_config
+    from pathgen.engine import resolve_device
+    from pathgen.io.atomic import atomic_path
+    from pathgen.progress import progress_bar
+    from pathgen.saasn.infer import (DEFAULT_OVERLAP, DEFAULT_TILE, _normalizer, default_model_path,
+                                     normalize_image_saasn, normalize_slide_saasn)
+    from pathgen.stain.apply import image_format, read_image, write_image
+
+    ckpt = checkpoint or default_model_path()
+    dev = resolve_device(device)
+    model = _normalizer(ckpt, dev, skip_glass=True)
+    tile = DEFAULT_TILE if tile_size == 512 else tile_size  # 512 is the classical methods' default
+    halo = DEFAULT_OVERLAP if overlap is None else overlap
+    with progress_bar(len(jobs), "normalize (saasn)", unit="files") as bar:
+        for src, dst, slide in jobs:
+            if slide:
+                normalize_slide_saasn(src, dst, model, device=dev, tile_size=tile, overlap=halo,
+                                      batch_size=batch_size, overwrite=overwrite)
+            else:
+                rgb, alpha = read_image(src)
+                out = normalize_image_saasn(rgb, model, device=dev, tile_size=tile, overlap=halo,
+                                            batch_size=batch_size)
+                with atomic_path(dst, overwrite=overwrite, inputs=(src,)) as tmp:
+                    write_image(tmp, out, alpha, fmt=image_format(dst))
+            bar.advance(1)
+    if not (len(jobs) == 1 and jobs[0][2]):  # a single slide's record is written by normalize_slide_saasn
+        save_run_config(output, {"method": "saasn", "checkpoint": str(ckpt), "tile_size": tile, "overlap": halo},
+                        extra={"inputs": [str(j[0]) for j in jobs]})
+    typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} with SAASN -> {output}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
-    app.command("normalize", help="Stain-normalise images or slides (Macenko, Vahadane, Reinhard).")(normalize)
+    app.command("normalize", help="Stain-normalise images or slides (Macenko, Vahadane, Reinhard, SAASN).")(normalize)
