@@ -78,4 +78,4 @@ def register(app: typer.Typer) -> None:
     """Add the `train` sub-app to the root app."""
     sub = typer.Typer(no_args_is_help=True, help="Train models.")
     sub.command("hovernet")(hovernet)
-    app.add_typer(sub, name="train", help="Train models (HoVer-Net nucleus segmentation).")
+    app.add_typer(sub, name="train", help="Train models: HoVer-Net, SAASN, NASDM, MaskGen.")
