@@ -34,6 +34,7 @@ import torch
 from pathgen.diffusion.checkpoint import load_tensors, save_model, save_tensors
 from pathgen.diffusion.sampling import seed_for
 from pathgen.errors import PathgenError
+from pathgen.optim_state import load_optimizer, optimizer_tensors
 
 LOG_COLUMNS = ("step", "phase", "lr", "loss", "mse", "vlb", "grad_norm", "seconds")
 
@@ -173,32 +174,6 @@ class EMA:
         self.updates += 1
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = optimizer.state_dict()
-    tensors = {}
-    for pid, pstate in sd["state"].items():
-        for name, value in pstate.items():
-            tensors[f"{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, groups
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    per_param: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key == "_empty":
-            continue
-        pid, name = key.split(".", 1)
-        per_param.setdefault(int(pid), {})[name] = value
-    fixed = []
-    for g in groups:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        fixed.append(g)
-    optimizer.load_state_dict({"state": per_param, "param_groups": fixed})
-
-
 def _read_log(path: Path, upto_step: int) -> list[dict]:
     if not path.is_file():
         return []
@@ -276,7 +251,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
         model.load_state_dict(load_tensors(state_dir / "model.safetensors", device))
         ema.model.load_state_dict(load_tensors(state_dir / "ema.safetensors", device))
         ema.updates = int(saved["ema_updates"])
-        _load_optimizer(opt, load_tensors(state_dir / "optimizer.safetensors", device), saved["optimizer_groups"])
+        load_optimizer(opt, load_tensors(state_dir / "optimizer.safetensors", device), saved["optimizer_groups"])
         rng = load_tensors(state_dir / "rng.safetensors")
         torch.set_rng_state(rng["torch_cpu"])
         step = int(saved["step"])
@@ -293,7 +268,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
         state_dir.mkdir(exist_ok=True)
         save_tensors(model.state_dict(), state_dir / "model.safetensors")
         save_tensors(ema.model.state_dict(), state_dir / "ema.safetensors")
-        tensors, groups = _optimizer_tensors(opt)
+        tensors, groups = optimizer_tensors(opt)
         save_tensors(tensors or {"_empty": torch.zeros(0)}, state_dir / "optimizer.safetensors")
         save_tensors({"torch_cpu": torch.get_rng_state()}, state_dir / "rng.safetensors")
         desc = describe()

@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from pathgen.optim_state import load_optimizer, optimizer_tensors
 from pathgen.errors import PathgenError
 from pathgen.segment.checkpoint import (WEIGHTS_NAME, load_model, read_checkpoint_config, save_checkpoint,
                                         save_safetensors)
@@ -337,13 +338,7 @@ def tune_postprocess(model: HoVerNet, dataset: Sequence[NucleiSample], device=No
 def _save_training_state(run: Path, model: HoVerNet, optimizer, state: dict) -> None:
     last = run / "last"
     save_checkpoint(model, last)
-    tensors, groups = {}, []
-    sd = optimizer.state_dict()
-    for pid, pstate in sd["state"].items():
-        for name, value in pstate.items():
-            tensors[f"{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    for g in sd["param_groups"]:
-        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()})
+    tensors, groups = optimizer_tensors(optimizer)
     save_safetensors(tensors if tensors else {"_empty": torch.zeros(0)}, last / "optimizer.safetensors")
     from pathgen.config import write_json_atomic
 
@@ -353,20 +348,7 @@ def _save_training_state(run: Path, model: HoVerNet, optimizer, state: dict) -> 
 def _load_optimizer_state(run: Path, optimizer, groups: list[dict]) -> None:
     from safetensors.torch import load_file
 
-    flat = load_file(str(run / "last" / "optimizer.safetensors"))
-    per_param: dict[int, dict] = {}
-    for key, value in flat.items():
-        if key == "_empty":
-            continue
-        pid, name = key.split(".", 1)
-        per_param.setdefault(int(pid), {})[name] = value
-    fixed = []
-    for g in groups:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        fixed.append(g)
-    optimizer.load_state_dict({"state": per_param, "param_groups": fixed})
+    load_optimizer(optimizer, load_file(str(run / "last" / "optimizer.safetensors")), groups)
 
 
 def write_loss_log(history: list[dict], path: Path) -> None:
