@@ -172,7 +172,9 @@ def main() -> None:
     lines = [f"- NASDM checkpoint: `{args.nasdm}` (step {ncfg.get('training', {}).get('step')}, "
              f"{ncfg['model']['image_size']} px windows, overlap {pipe.overlap} px)",
              f"- held-out masks: {len(masks)} crops of {args.size} px, procedural tiles seed 2024 site A",
-             f"- segmenter: {seg.name}", f"- torch threads: 1", "", head, rule]
+             f"- segmenter: {seg.name}",
+             f"- torch threads: 1; 1-min load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+             "", head, rule]
     real_res = fidelity(masks, real, seg)
     lines.append(f"| real held-out images (segmenter ceiling) | – | {_fmt(real_res, typed)} |")
 

@@ -107,3 +107,62 @@ def test_ome_zarr_multiscale(tmp_path):
     assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
     np.testing.assert_array_equal(np.moveaxis(root["0"][:], 0, -1), img)
     np.testing.assert_array_equal(np.moveaxis(root["1"][:], 0, -1), downsample2(img, "mean"))
+
+
+def _tiles_of(img, t, full_edges):
+    h, w = img.shape[:2]
+    for y in range(0, h, t):
+        for x in range(0, w, t):
+            tile = img[y:y + t, x:x + t]
+            if full_edges and tile.shape[:2] != (t, t):  # engine-style windows: padded past the edge
+                tile = np.pad(tile, ((0, t - tile.shape[0]), (0, t - tile.shape[1]), (0, 0)), mode="reflect")
+            yield tile
+
+
+@pytest.mark.parametrize("full_edges", [False, True])
+def test_tile_stream_levels_equal_whole_image_reduction(tmp_path, full_edges):
+    """Tiles in raster order (clipped or padded at the edges) give exactly the pyramid of the whole image: each
+    level is the 2×2 mean of the level above, pieced together from per-tile reductions."""
+    from pathgen.io.pyramid import write_pyramid_tiles
+
+    img = smooth_rgb(333, 517)
+    path = tmp_path / "tiles.tiff"
+    write_pyramid_tiles(path, _tiles_of(img, 64, full_edges), img.shape, compression="zlib", tile_size=64,
+                        maxworkers=3)
+    ref = img
+    with tifffile.TiffFile(path) as t:
+        levels = [p for p in t.pages if p.is_tiled]
+        assert len(levels) == len(level_shapes(333, 517, 64))
+        for k, page in enumerate(levels):
+            np.testing.assert_array_equal(page.asarray(), ref, err_msg=f"level {k}")
+            ref = downsample2(ref, "mean")
+
+
+def test_tile_stream_of_the_wrong_length_is_an_error(tmp_path):
+    from pathgen.io.pyramid import write_pyramid_tiles
+
+    img = smooth_rgb(200, 200)
+    tiles = list(_tiles_of(img, 64, False))
+    with pytest.raises(PathgenError, match="ended after 15 of 16 tiles"):
+        write_pyramid_tiles(tmp_path / "short.tiff", iter(tiles[:-1]), img.shape, tile_size=64)
+    with pytest.raises(PathgenError, match="more than the 16 tiles"):
+        write_pyramid_tiles(tmp_path / "long.tiff", iter(tiles + tiles[:1]), img.shape, tile_size=64)
+    with pytest.raises(PathgenError, match="shape"):
+        write_pyramid_tiles(tmp_path / "bad.tiff", iter([t[:10] for t in tiles]), img.shape, tile_size=64)
+    assert not any(tmp_path.iterdir())  # nothing left behind, scratch included
+
+
+def test_jpeg_tiles_decode_like_tifffiles_own_encoding(tmp_path):
+    """Tiles are JPEG-encoded by pathgen's pool, not by tifffile: interior tiles must be byte-identical to
+    tifffile's encoding for the same tags (YCbCr 4:2:0), so every reader decodes them the same way."""
+    img = smooth_rgb(512, 512)
+    ours, theirs = tmp_path / "ours.tiff", tmp_path / "theirs.tiff"
+    write_pyramid(ours, [img], img.shape, tile_size=256, quality=85)
+    tifffile.imwrite(theirs, img, tile=(256, 256), compression="jpeg", compressionargs={"level": 85},
+                     photometric="rgb")
+    with tifffile.TiffFile(ours) as a, tifffile.TiffFile(theirs) as b:
+        pa, pb = a.pages[0], b.pages[0]
+        assert pa.photometric == pb.photometric and pa.tags["YCbCrSubSampling"].value == (2, 2)
+        ra, rb = ours.read_bytes(), theirs.read_bytes()
+        for oa, na, ob, nb in zip(pa.dataoffsets, pa.databytecounts, pb.dataoffsets, pb.databytecounts):
+            assert ra[oa:oa + na] == rb[ob:ob + nb]

@@ -14,13 +14,16 @@ Streaming: windows are processed in raster order; a window row finalises the out
 only ``2·overlap`` rows (vertical carry) and one window's ``2·overlap`` columns (horizontal carry) are ever held as
 floats, plus the finished rows waiting for the writer. Tasks run on a thread pool by default, on a local cluster of
 processes with ``workers=N``, or on an existing dask.distributed scheduler; at most a few batches per worker are
-in flight, so memory is bounded by tiles in flight, not by the slide.
+in flight, so memory is bounded by tiles in flight, not by the slide. Without a halo (overlap 0: convert, stain
+transforms) nothing needs blending, and :func:`iter_core_tiles` hands tiles to the pyramid writer one by one, so not
+even a full-width row is held.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -266,6 +269,10 @@ def _run_batch(source, fn, windows: list[tuple[int, int]], wsize: int, skip: lis
     todo = [i for i, s in enumerate(skip) if not s]
     results: list = [None] * len(windows)
     records: list = [None] * len(windows)
+    if todo and fn is identity:  # nothing to compute: hand the windows on as read, without stacking a batch
+        for i in todo:
+            results[i] = source.read(windows[i][0], windows[i][1], wsize, wsize)
+        return results, records
     if todo:
         batch = np.stack([source.read(windows[i][0], windows[i][1], wsize, wsize) for i in todo])
         out = fn(batch, [windows[i] for i in todo]) if getattr(fn, "wants_origins", False) else fn(batch)
@@ -346,6 +353,14 @@ class Stitcher:
             raise PathgenError(f"tile function returned {t.shape[-1]} channels, expected {c}")
         return t.astype(self.acc_dtype) * w2
 
+    def core_tile(self, t: np.ndarray | None, th: int, tw: int) -> np.ndarray:
+        """The ``th × tw`` core of a window without halo, in the output type (background where ``t`` is None)."""
+        if t is None:
+            return np.broadcast_to(self._finish(self.bg), (th, tw, self.c)).copy()
+        if t.shape[-1] != self.c:
+            raise PathgenError(f"tile function returned {t.shape[-1]} channels, expected {self.c}")
+        return self._finish(t[:th, :tw] if t.dtype == self.dtype else t[:th, :tw].astype(self.acc_dtype))
+
     def _copy_core(self, out: np.ndarray, t: np.ndarray | None, x0: int) -> None:
         b = min(x0 + self.g.tile, self.g.width)
         if t is not None and t.shape[-1] != self.c:
@@ -386,6 +401,61 @@ class RunReport:
     extra: dict = field(default_factory=dict)
 
 
+def _grid_for(source, cfg: EngineConfig) -> TileGrid:
+    h, w = source.shape
+    if cfg.blend not in BLENDS:
+        raise PathgenError(f"unknown blend {cfg.blend!r} (choose {', '.join(BLENDS)})")
+    return TileGrid(w, h, cfg.tile_size, 32 if cfg.overlap is None else cfg.overlap)
+
+
+def _iter_window_results(source, fn: TileFn, grid: TileGrid, out_channels: int, cfg: EngineConfig, tissue,
+                         report: RunReport, progress_desc: str, quiet: bool | None,
+                         record_sink: Callable[[object], None] | None) -> Iterator[tuple[int, int, object]]:
+    """``(ty, tx, result)`` for every window in raster order (``result`` None for skipped background), computed in
+    batches on the executor with a bounded number in flight."""
+    from pathgen.progress import progress_bar
+
+    report.windows = len(grid)
+    scale = getattr(source, "level0_per_px", (1.0, 1.0))
+
+    def skip_of(tx, ty) -> bool:
+        if tissue is None or not cfg.skip_background:
+            return False
+        x0, y0 = tx * grid.tile, ty * grid.tile
+        return not tissue.covers(x0 * scale[0], y0 * scale[1], (x0 + grid.tile) * scale[0],
+                                 (y0 + grid.tile) * scale[1])
+
+    # batches within one window row, in raster order
+    bs = max(1, cfg.batch_size)
+    batches = [(ty, list(range(start, min(start + bs, grid.nx))))
+               for ty in range(grid.ny) for start in range(0, grid.nx, bs)]
+    ex = _Executor(cfg)
+    max_in_flight = max(2, ex.slots * cfg.in_flight_per_worker)
+    try:
+        with progress_bar(len(grid), progress_desc, unit="tiles", quiet=quiet) as bar:
+            futures: deque = deque()
+            nxt = 0
+            while nxt < len(batches) or futures:
+                while nxt < len(batches) and len(futures) < max_in_flight:
+                    ty, txs = batches[nxt]
+                    skip = [skip_of(tx, ty) for tx in txs]
+                    wins = [grid.origin(tx, ty) for tx in txs]
+                    fut = ex.submit(_run_batch, source, fn, wins, grid.window, skip, cfg.background, out_channels)
+                    futures.append((ty, txs, skip, fut))
+                    nxt += 1
+                ty, txs, skip, fut = futures.popleft()
+                results, records = fut.result()
+                report.processed += sum(1 for s in skip if not s)
+                report.skipped += sum(skip)
+                for tx, r, rec in zip(txs, results, records):
+                    if rec is not None:
+                        (record_sink or report.records.append)(rec)
+                    yield ty, tx, r
+                bar.advance(len(txs))
+    finally:
+        ex.close()
+
+
 def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8, cfg: EngineConfig = EngineConfig(),
                        tissue=None, report: RunReport | None = None, progress_desc: str = "tiles",
                        quiet: bool | None = None, record_sink: Callable[[object], None] | None = None
@@ -407,66 +477,33 @@ def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8
         With ``cfg.skip_background``, windows whose core has no tissue are not processed: they are filled with
         ``cfg.background``.
     """
-    from pathgen.progress import progress_bar
-
-    h, w = source.shape
-    grid = TileGrid(w, h, cfg.tile_size, 32 if cfg.overlap is None else cfg.overlap)
-    if cfg.blend not in BLENDS:
-        raise PathgenError(f"unknown blend {cfg.blend!r} (choose {', '.join(BLENDS)})")
+    grid = _grid_for(source, cfg)
     report = report if report is not None else RunReport()
-    report.windows = len(grid)
     stitcher = Stitcher(grid, out_channels, out_dtype, cfg.blend, cfg.background)
-    scale = getattr(source, "level0_per_px", (1.0, 1.0))
+    row_tiles: list = [None] * grid.nx
+    for ty, tx, r in _iter_window_results(source, fn, grid, out_channels, cfg, tissue, report, progress_desc, quiet,
+                                          record_sink):
+        row_tiles[tx] = r
+        if tx == grid.nx - 1:
+            yield stitcher.row(ty, row_tiles)
+            row_tiles = [None] * grid.nx
 
-    def skip_of(tx, ty) -> bool:
-        if tissue is None or not cfg.skip_background:
-            return False
-        x0, y0 = tx * grid.tile, ty * grid.tile
-        return not tissue.covers(x0 * scale[0], y0 * scale[1], (x0 + grid.tile) * scale[0],
-                                 (y0 + grid.tile) * scale[1])
 
-    # batches within one window row, in raster order
-    batches: list[tuple[int, list[int]]] = []
-    bs = max(1, cfg.batch_size)
-    for ty in range(grid.ny):
-        for start in range(0, grid.nx, bs):
-            batches.append((ty, list(range(start, min(start + bs, grid.nx)))))
-
-    ex = _Executor(cfg)
-    max_in_flight = max(2, ex.slots * cfg.in_flight_per_worker)
-    try:
-        with progress_bar(len(grid), progress_desc, unit="tiles", quiet=quiet) as bar:
-            futures: list[tuple[int, list[int], list[bool], Future]] = []
-            nxt = 0
-            row_tiles: list = [None] * grid.nx
-            current_row = 0
-            done_in_row = 0
-            while nxt < len(batches) or futures:
-                while nxt < len(batches) and len(futures) < max_in_flight:
-                    ty, txs = batches[nxt]
-                    skip = [skip_of(tx, ty) for tx in txs]
-                    wins = [grid.origin(tx, ty) for tx in txs]
-                    fut = ex.submit(_run_batch, source, fn, wins, grid.window, skip, cfg.background, out_channels)
-                    futures.append((ty, txs, skip, fut))
-                    nxt += 1
-                ty, txs, skip, fut = futures.pop(0)
-                results, records = fut.result()
-                for tx, r, rec in zip(txs, results, records):
-                    row_tiles[tx] = r
-                    if rec is not None:
-                        (record_sink or report.records.append)(rec)
-                report.processed += sum(1 for s in skip if not s)
-                report.skipped += sum(skip)
-                done_in_row += len(txs)
-                bar.advance(len(txs))
-                if done_in_row == grid.nx:
-                    assert ty == current_row
-                    yield stitcher.row(ty, row_tiles)
-                    row_tiles = [None] * grid.nx
-                    current_row += 1
-                    done_in_row = 0
-    finally:
-        ex.close()
+def iter_core_tiles(source, fn: TileFn, out_channels: int, out_dtype=np.uint8, cfg: EngineConfig = EngineConfig(),
+                    tissue=None, report: RunReport | None = None, progress_desc: str = "tiles",
+                    quiet: bool | None = None, record_sink: Callable[[object], None] | None = None
+                    ) -> Iterator[np.ndarray]:
+    """Like :func:`iter_stitched_rows` for grids without overlap: yields each output tile ``(th, tw, c)`` (clipped
+    at the right and bottom edges) in raster order, so that nothing as wide as the slide is ever held."""
+    grid = _grid_for(source, cfg)
+    if grid.overlap:
+        raise PathgenError("iter_core_tiles needs overlap 0 (blending needs whole rows)")
+    report = report if report is not None else RunReport()
+    stitcher = Stitcher(grid, out_channels, out_dtype, cfg.blend, cfg.background)
+    for ty, tx, r in _iter_window_results(source, fn, grid, out_channels, cfg, tissue, report, progress_desc, quiet,
+                                          record_sink):
+        th, tw = min(grid.tile, grid.height - ty * grid.tile), min(grid.tile, grid.width - tx * grid.tile)
+        yield stitcher.core_tile(r, th, tw)
 
 
 def process_array(image: np.ndarray, fn: TileFn, out_channels: int | None = None, out_dtype=None,
@@ -491,22 +528,27 @@ def run_slide(slide, fn: TileFn, output: str | os.PathLike, *, out_channels: int
     The output has the geometry of ``level`` (or of ``mpp`` µm/px when given), carries the matching mpp, and is
     written atomically; the input is never written.
     """
-    from pathgen.io.pyramid import write_ome_zarr, write_pyramid
+    from pathgen.io.pyramid import write_ome_zarr, write_pyramid, write_pyramid_tiles
 
     source = SlideSource(slide, level=level, mpp=mpp)
     report = RunReport(output=str(output), shape=(source.height, source.width, out_channels), mpp=source.out_mpp)
-    rows = iter_stitched_rows(source, fn, out_channels, out_dtype, cfg, tissue=tissue, report=report,
-                              progress_desc=progress_desc, record_sink=record_sink)
+    # Without a halo and with matching tile sizes, tiles go straight from the engine into the pyramid (nothing as
+    # wide as the slide is held); otherwise blending needs whole rows.
+    by_tile = (cfg.overlap == 0 and cfg.tile_size == pyramid_tile)
+    stream = (iter_core_tiles if by_tile else iter_stitched_rows)(
+        source, fn, out_channels, out_dtype, cfg, tissue=tissue, report=report, progress_desc=progress_desc,
+        record_sink=record_sink)
+    shape = (source.height, source.width, out_channels)
     dt = np.dtype(out_dtype)
     if compression is None:
         compression = "jpeg" if (dt == np.uint8 and out_channels in (1, 3)) else "zlib"
     if str(output).rstrip("/").endswith(".zarr"):
-        write_ome_zarr(output, rows, (source.height, source.width, out_channels), dtype=dt, tile_size=pyramid_tile,
-                       mpp=source.out_mpp, overwrite=overwrite)
+        write_ome_zarr(output, stream, shape, dtype=dt, tile_size=pyramid_tile, mpp=source.out_mpp,
+                       overwrite=overwrite, tiles=by_tile)
     else:
-        write_pyramid(output, rows, (source.height, source.width, out_channels), dtype=dt, tile_size=pyramid_tile,
-                      mpp=source.out_mpp, compression=compression, quality=quality, overwrite=overwrite,
-                      inputs=(slide.path,), description=description)
+        write = write_pyramid_tiles if by_tile else write_pyramid
+        write(output, stream, shape, dtype=dt, tile_size=pyramid_tile, mpp=source.out_mpp, compression=compression,
+              quality=quality, overwrite=overwrite, inputs=(slide.path,), description=description)
     return report
 
 

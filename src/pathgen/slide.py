@@ -160,7 +160,7 @@ class _OpenSlideBackend(_Backend):
         if self.vendor not in ("aperio", "generic-tiff"):
             return False
         try:
-            fast = _TiffBackend(path, level_dimensions=self.level_dimensions)
+            fast = _TiffBackend(path, level_dimensions=self.level_dimensions, verify=False)
         except Exception:  # noqa: BLE001 - no fast path, OpenSlide reads everything
             return False
         if fast.level_dimensions != self.level_dimensions:
@@ -230,28 +230,23 @@ def _mpp_from_tiff(page) -> tuple[tuple[float, float] | None, str]:
 class _TiffBackend(_Backend):
     name = "tifffile"
 
-    def __init__(self, path: str, level_dimensions: list[tuple[int, int]] | None = None):
+    def __init__(self, path: str, level_dimensions: list[tuple[int, int]] | None = None, verify: bool = True):
         import tifffile
-        import zarr
 
         self._tif = tifffile.TiffFile(path)
+        self._arrays: list | None = None  # zarr views, opened on first need (zarr is slow to import)
+        self._zarr_lock = threading.Lock()
         series = self._tif.series[0]
         if level_dimensions is not None and len(series.levels) < len(level_dimensions):
-            self._from_pages(level_dimensions)
+            self._from_pages(level_dimensions, verify)
             return
         self.vendor = "ome-tiff" if self._tif.is_ome else "tiff"
         levels = list(series.levels)
-        self._arrays = []
-        store = series.aszarr()
-        z = zarr.open(store, mode="r")
-        if hasattr(z, "keys"):
-            self._arrays = [z[str(i)] for i in range(len(levels))]
-        else:
-            self._arrays = [z]
+        self._zarr_source = series
         self._axes = series.axes
         dims = []
-        for arr in self._arrays:
-            shp = dict(zip(self._axes, arr.shape))
+        for lvl in levels:
+            shp = dict(zip(lvl.axes, lvl.shape))
             dims.append((int(shp["X"]), int(shp["Y"])))
         self.level_dimensions = dims
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
@@ -259,43 +254,122 @@ class _TiffBackend(_Backend):
         page = self._tif.pages[0]
         if page.is_tiled:
             self.tile_size = (int(page.tilewidth), int(page.tilelength))
+        plain = self._axes in ("YXS", "YX") and all(lvl.axes == self._axes for lvl in levels)
+        self._setup_direct([lvl.keyframe for lvl in levels] if plain else [], path, verify)
 
-    def _from_pages(self, dims: list[tuple[int, int]]) -> None:
+    def _from_pages(self, dims: list[tuple[int, int]], verify: bool) -> None:
         """Levels as the tiled pages of the main IFD chain with the given (w, h), e.g. an Aperio file whose
         description makes tifffile group its pages differently from OpenSlide."""
-        import zarr
-
         pages = [p for p in self._tif.pages if p.is_tiled]
         by_shape = {(int(p.imagewidth), int(p.imagelength)): p for p in reversed(pages)}
         if any(d not in by_shape for d in dims):
             raise ValueError("pages do not match the levels")
-        self._arrays = [zarr.open(by_shape[d].aszarr(), mode="r") for d in dims]
+        self._zarr_source = [by_shape[d] for d in dims]
         self._axes = "YXS"
         self.level_dimensions = list(dims)
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
         self.mpp, self.mpp_source = _mpp_from_tiff(self._tif.pages[0])
         self.tile_size = (int(self._tif.pages[0].tilewidth), int(self._tif.pages[0].tilelength))
+        self._setup_direct([by_shape[d] for d in dims], self._tif.filehandle.path, verify)
 
-    def read(self, x, y, level, w, h):
-        arr = self._arrays[level]
-        lw, lh = self.level_dimensions[level]
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
-        out = np.full((h, w, 3), BACKGROUND, np.uint8)
-        if x1 <= x0 or y1 <= y0:
-            return out
+    def _zarr_arrays(self) -> list:
+        with self._zarr_lock:
+            if self._arrays is None:
+                import zarr
+
+                src = self._zarr_source
+                if isinstance(src, list):
+                    self._arrays = [zarr.open(p.aszarr(), mode="r") for p in src]
+                else:
+                    z = zarr.open(src.aszarr(), mode="r")
+                    self._arrays = [z[str(i)] for i in range(len(src.levels))] if hasattr(z, "keys") else [z]
+            return self._arrays
+
+    # Direct tile decoding: zarr 3's per-chunk (async) machinery costs more than decoding a JPEG tile, so plain
+    # tiled pages are read by offset (os.pread, thread-safe) and decoded with tifffile's own segment decoder.
+    _direct: list = []
+    _fd: int | None = None
+
+    def _setup_direct(self, pages: list, path, verify: bool) -> None:
+        self._direct = []
+        if not pages or not hasattr(os, "pread"):
+            return
+        for p in pages:
+            if not (p.is_tiled and p.planarconfig == 1 and p.imagedepth == 1 and p.tiledepth == 1
+                    and len(p.dataoffsets) == math.ceil(p.imagelength / p.tilelength)
+                    * math.ceil(p.imagewidth / p.tilewidth)):
+                return
+        try:
+            self._fd = os.open(str(path), os.O_RDONLY)
+            self._direct = [(p, p.decode, p.jpegtables) for p in pages]
+            # the direct path must agree with tifffile's own reader on a probe tile of every level (unless the
+            # caller checks it against another reader itself)
+            for k in range(len(pages) if verify else 0):
+                lw, lh = self.level_dimensions[k]
+                pw, ph = min(64, lw), min(64, lh)
+                if not np.array_equal(self._read_direct(k, 0, 0, pw, ph), self._read_zarr(k, 0, 0, pw, ph)):
+                    raise ValueError("direct decoding disagrees")
+        except Exception:  # noqa: BLE001 - keep the zarr path
+            self._direct = []
+
+    def _read_direct(self, level, x0, y0, x1, y1) -> np.ndarray:
+        page, decode, tables = self._direct[level]
+        tw, th = int(page.tilewidth), int(page.tilelength)
+        ntx = math.ceil(page.imagewidth / tw)
+        samples = int(page.samplesperpixel)
+        if x0 % tw == 0 and y0 % th == 0 and x1 - x0 <= tw and y1 - y0 <= th:
+            # the region lies in one tile, from its corner: hand back the decoded tile itself, no copy
+            idx = (y0 // th) * ntx + x0 // tw
+            count = int(page.databytecounts[idx])
+            if count:
+                seg = decode(os.pread(self._fd, count, int(page.dataoffsets[idx])), idx, jpegtables=tables)[0]
+                return seg.reshape(seg.shape[-3], seg.shape[-2], -1)[:y1 - y0, :x1 - x0]
+        out = np.zeros((y1 - y0, x1 - x0, samples), page.dtype)
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                idx = ty * ntx + tx
+                count = int(page.databytecounts[idx])
+                if not count:
+                    continue  # empty tile: zeros, as tifffile reads it
+                data = os.pread(self._fd, count, int(page.dataoffsets[idx]))
+                seg = decode(data, idx, jpegtables=tables)[0]
+                seg = seg.reshape(seg.shape[-3], seg.shape[-2], -1)
+                ax, ay = tx * tw, ty * th
+                sx0, sy0 = max(x0, ax), max(y0, ay)
+                sx1, sy1 = min(x1, ax + seg.shape[1]), min(y1, ay + seg.shape[0])
+                out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = seg[sy0 - ay:sy1 - ay, sx0 - ax:sx1 - ax]
+        return out
+
+    def _read_zarr(self, level, x0, y0, x1, y1) -> np.ndarray:
         idx = []
         for ax in self._axes:
             idx.append(slice(y0, y1) if ax == "Y" else slice(x0, x1) if ax == "X" else slice(None))
-        block = np.asarray(arr[tuple(idx)])
+        block = np.asarray(self._zarr_arrays()[level][tuple(idx)])
         # Bring to (Y, X, C) whatever the axis order (e.g. OME 'CYX').
-        axes = [a for a in self._axes]
+        axes = list(self._axes)
         order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
         block = np.transpose(block, order)
-        block = block.reshape(block.shape[0], block.shape[1], -1)
-        out[y0 - y:y1 - y, x0 - x:x1 - x] = _to_rgb(block)
+        return block.reshape(block.shape[0], block.shape[1], -1)
+
+    def read(self, x, y, level, w, h):
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+        if x1 <= x0 or y1 <= y0:
+            return np.full((h, w, 3), BACKGROUND, np.uint8)
+        if self._direct:
+            block = _to_rgb(self._read_direct(level, x0, y0, x1, y1))
+        else:
+            block = _to_rgb(self._read_zarr(level, x0, y0, x1, y1))
+        if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+            return block
+        out = np.full((h, w, 3), BACKGROUND, np.uint8)
+        out[y0 - y:y1 - y, x0 - x:x1 - x] = block
         return out
 
     def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._tif.close()
 
 
@@ -593,10 +667,10 @@ class Slide:
         """A lazy ``dask.array`` of shape ``(h, w, 3)`` uint8 for ``level``; chunks are decoded on compute."""
         import dask.array as da
 
-        if self._b.name == "tifffile":
-            arr = self._b._arrays[level]
-            if tuple(self._b._axes[-3:]) == ("Y", "X", "S") and len(self._b._axes) == 3:
-                return da.from_zarr(arr, chunks=(chunk, chunk, 3) if arr.ndim == 3 else (chunk, chunk))
+        if self._b.name == "tifffile" and not self._b._direct and self._b._axes == "YXS":
+            arr = self._b._zarr_arrays()[level]
+            if arr.shape[-1] == 3 and arr.dtype == np.uint8:
+                return da.from_zarr(arr, chunks=(chunk, chunk, 3))
         lw, lh = self.level_dimensions[level]
         return da.from_array(_LevelView(self, level, (lh, lw, 3)), chunks=(chunk, chunk, 3), lock=False,
                              asarray=True, fancy=False, name=f"pathgen-slide-{Path(self.path).name}-{level}-"

@@ -1,9 +1,10 @@
 """Streaming pyramid writers: generic pyramidal TIFF (OpenSlide, QuPath, tiffslide) and OME-Zarr (NGFF).
 
-Input is a stream of full-width *tile rows* of level 0, top to bottom. Every coarser level is built from that
-stream as it passes (2×2 area mean for images, nearest for labels) and parked in a compressed temporary zarr beside
-the output, because a TIFF must hold level 0 entirely before level 1 begins. Memory is a few tile rows per level,
-whatever the slide size.
+Input is level 0 as tiles in raster order (:func:`write_pyramid_tiles`) or as full-width row blocks
+(:func:`write_pyramid`). Every coarser level is built tile by tile: each tile's 2×2 reduction (area mean for images,
+nearest for labels) is parked, LZ4-compressed, in a temporary file beside the output, because a TIFF must hold
+level k entirely before level k+1 begins; level k+1's tiles are put together from those pieces afterwards. Tiles
+are reduced and JPEG-encoded on a thread pool. Memory is the tiles in flight, whatever the slide size.
 
 TIFF layout (see ANCHORS.md §6): BigTIFF; square tiles (512 by default); every level in the main IFD chain, the
 coarser ones marked reduced-resolution (NewSubfileType = 1) because OpenSlide ignores SubIFDs; levels ×2 down to
@@ -17,6 +18,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -64,11 +68,12 @@ def level_shapes(height: int, width: int, tile_size: int, min_size: int | None =
 
 
 class _RowBuffer:
-    """Collect rows of one level and hand them on in blocks of ``rows`` (the last block may be shorter)."""
+    """Collect rows and hand them on in blocks of ``rows`` (the last block may be shorter)."""
 
     def __init__(self, rows: int, width: int, channels: int, dtype, total: int, emit: Callable[[np.ndarray], None]):
         self.rows, self.total, self.emit = rows, total, emit
-        self.buf = np.empty((rows, width, channels), dtype)
+        self.width, self.channels, self.dtype = width, channels, dtype
+        self.buf: np.ndarray | None = None
         self.fill = 0
         self.done = 0
 
@@ -78,6 +83,8 @@ class _RowBuffer:
             self.emit(block)  # already a whole block: pass it on without copying
             self.done += block.shape[0]
             return
+        if self.buf is None:
+            self.buf = np.empty((self.rows, self.width, self.channels), self.dtype)
         i = 0
         while i < block.shape[0]:
             take = min(self.rows - self.fill, block.shape[0] - i)
@@ -90,45 +97,163 @@ class _RowBuffer:
                 self.fill = 0
 
 
-class _Cascade:
-    """Feeds level-0 tile rows through the pyramid: each level's completed rows go to its sink and, halved, to the
-    next level's buffer. Even-height blocks keep the 2×2 pairs aligned across block boundaries."""
-
-    def __init__(self, shapes, channels, dtype, tile_size, mode, sinks: list[Callable[[int, np.ndarray], None]]):
-        self.shapes, self.mode = shapes, mode
-        self.buffers: list[_RowBuffer] = []
-        for k, (h, w) in enumerate(shapes):
-            self.buffers.append(_RowBuffer(tile_size, w, channels, dtype, h, self._emitter(k, sinks[k])))
-
-    def _emitter(self, k, sink):
-        def emit(block):
-            sink(k, block)
-            if k + 1 < len(self.shapes):
-                self.buffers[k + 1].push(downsample2(block, self.mode))
-
-        return emit
-
-    def push(self, rows: np.ndarray) -> None:
-        self.buffers[0].push(rows)
-
-    def check_complete(self) -> None:
-        for k, b in enumerate(self.buffers):
-            if b.done != self.shapes[k][0]:
-                raise PathgenError(f"pyramid level {k} received {b.done} of {self.shapes[k][0]} rows")
+def _rows_to_tiles(tile_rows: Iterable[np.ndarray], spec: "PyramidSpec", path) -> Iterator[np.ndarray]:
+    """Full-width row blocks (any heights) → level-0 tiles in raster order, clipped at the right/bottom edge."""
+    h, w, c = spec.shape
+    t = spec.tile_size
+    bands: list[np.ndarray] = []
+    buf = _RowBuffer(t, w, c, spec.dtype, h, bands.append)
+    for rows in tile_rows:
+        rows = np.asarray(rows)
+        if rows.ndim == 2:
+            rows = rows[..., None]
+        if rows.shape[1:] != (w, c):
+            raise PathgenError(f"tile row of shape {rows.shape} does not match image width/channels ({w}, {c})", path)
+        if buf.done + buf.fill + rows.shape[0] > h:
+            raise PathgenError(f"received more than the {h} rows of the image", path)
+        buf.push(rows.astype(spec.dtype, copy=False))
+        while bands:
+            band = bands.pop(0)
+            for x in range(0, w, t):
+                yield band[:, x:x + t]
+    if buf.done < h:
+        raise PathgenError(f"the row stream ended after {buf.done + buf.fill} of {h} rows", path)
 
 
-def _iter_tiles(row_blocks: Iterable[np.ndarray], tile: int) -> Iterator[np.ndarray]:
-    """Split full-width row blocks into ``tile × tile`` tiles in raster order (edge tiles padded by repetition,
-    which keeps JPEG from ringing against a black border)."""
-    for block in row_blocks:
-        h, w = block.shape[:2]
-        if h < tile:
-            block = np.pad(block, ((0, tile - h), (0, 0), (0, 0)), mode="edge")
-        for x in range(0, w, tile):
-            t = block[:, x:x + tile]
-            if t.shape[1] < tile:
-                t = np.pad(t, ((0, 0), (0, tile - t.shape[1]), (0, 0)), mode="edge")
-            yield t
+class _PieceStore:
+    """Halved tiles waiting for their level, parked LZ4-compressed in one temporary file: a TIFF must hold level k
+    entirely before level k+1 begins, and keeping the pieces off the heap keeps memory flat as slides grow."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "w+b")
+        self._fd = self._f.fileno()
+        self._end = 0
+        self._index: dict = {}
+        self._lock = threading.Lock()
+
+    def put(self, key, arr: np.ndarray) -> None:
+        import imagecodecs
+
+        arr = np.ascontiguousarray(arr)
+        data = imagecodecs.lz4_encode(arr, header=True)
+        with self._lock:
+            off = self._end
+            self._end += len(data)
+            self._index[key] = (off, len(data), arr.shape, arr.dtype)
+        os.pwrite(self._fd, data, off)
+
+    def take(self, key) -> np.ndarray | None:
+        """The piece stored under ``key`` (read once, then forgotten), or None where the grid has none."""
+        import imagecodecs
+
+        entry = self._index.pop(key, None)
+        if entry is None:
+            return None
+        off, n, shape, dtype = entry
+        raw = imagecodecs.lz4_decode(os.pread(self._fd, n, off), header=True)
+        return np.frombuffer(raw, dtype).reshape(shape)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _pad_to(tile: np.ndarray, size: int) -> np.ndarray:
+    """Pad a clipped edge tile to ``size × size`` by repeating its last row/column (no ringing against black)."""
+    ph, pw = size - tile.shape[0], size - tile.shape[1]
+    if ph or pw:
+        return np.pad(tile, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    return tile
+
+
+def _ordered_map(pool: ThreadPoolExecutor, fn, args_iter: Iterable[tuple], depth: int) -> Iterator:
+    """``fn(*args)`` for every item on ``pool``, results in input order, at most ``depth`` in flight."""
+    pending: deque[Future] = deque()
+    try:
+        for args in args_iter:
+            pending.append(pool.submit(fn, *args))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+class _TilePyramid:
+    """Builds every level tile by tile. Each level-k tile is finished (padded, and JPEG-encoded when the output is
+    JPEG) on a thread pool; its 2× reduction goes to the piece store, from which the tiles of level k+1 are put
+    together once level k is complete. Memory is the tiles in flight, whatever the slide size."""
+
+    def __init__(self, spec: "PyramidSpec", scratch: Path, workers: int | None, finish: Callable[[np.ndarray], object]):
+        self.spec = spec
+        self.t = spec.tile_size
+        self.shapes = level_shapes(spec.shape[0], spec.shape[1], spec.tile_size)
+        self.grids = [(math.ceil(h / self.t), math.ceil(w / self.t)) for h, w in self.shapes]
+        self.store = _PieceStore(scratch / "pieces.bin")
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pathgen-pyramid")
+        self.finish = finish
+        self.last: np.ndarray | None = None  # the coarsest level (one tile), for the thumbnail
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.store.close()
+
+    def _expected(self, k: int, ty: int, tx: int) -> tuple[int, int]:
+        h, w = self.shapes[k]
+        return min(self.t, h - ty * self.t), min(self.t, w - tx * self.t)
+
+    def _assemble(self, k: int, ty: int, tx: int) -> np.ndarray:
+        eh, ew = self._expected(k, ty, tx)
+        out = np.empty((eh, ew, self.spec.shape[2]), self.spec.dtype)
+        half = self.t // 2
+        for dy in (0, 1):
+            for dx in (0, 1):
+                piece = self.store.take((k, 2 * ty + dy, 2 * tx + dx))
+                if piece is not None:
+                    out[dy * half:dy * half + piece.shape[0], dx * half:dx * half + piece.shape[1]] = piece
+        return out
+
+    def _work(self, k: int, ty: int, tx: int, tile: np.ndarray | None):
+        if tile is None:
+            tile = self._assemble(k, ty, tx)
+        else:
+            eh, ew = self._expected(k, ty, tx)
+            tile = np.asarray(tile)
+            if tile.ndim == 2:
+                tile = tile[..., None]
+            if tile.shape[0] < eh or tile.shape[1] < ew or tile.shape[2] != self.spec.shape[2]:
+                raise PathgenError(f"tile ({ty}, {tx}) has shape {tile.shape}, expected ({eh}, {ew}, "
+                                   f"{self.spec.shape[2]})")
+            tile = tile[:eh, :ew].astype(self.spec.dtype, copy=False)
+        if k + 1 < len(self.shapes):
+            self.store.put((k + 1, ty, tx), downsample2(tile, self.spec.downsample))
+        else:
+            self.last = tile
+        return self.finish(tile)
+
+    def level(self, k: int, tiles: Iterable[np.ndarray] | None = None, path=None) -> Iterator:
+        """Finished tiles of level ``k`` in raster order; level 0 from ``tiles``, the others from the store."""
+        ny, nx = self.grids[k]
+        if k == 0:
+            args = self._level0_args(tiles, ny * nx, path)
+        else:
+            args = ((k, ty, tx, None) for ty in range(ny) for tx in range(nx))
+        return _ordered_map(self.pool, self._work, args, 2 * self.workers + 2)
+
+    def _level0_args(self, tiles, n: int, path) -> Iterator[tuple]:
+        nx = self.grids[0][1]
+        it = iter(tiles)
+        for i in range(n):
+            try:
+                tile = next(it)
+            except StopIteration:
+                raise PathgenError(f"the image stream ended after {i} of {n} tiles "
+                                   f"(shape {self.spec.shape[1]}x{self.spec.shape[0]})", path) from None
+            yield 0, i // nx, i % nx, tile
+        if next(it, None) is not None:
+            raise PathgenError(f"the image stream has more than the {n} tiles of its shape", path)
 
 
 @dataclass
@@ -196,7 +321,7 @@ def write_pyramid(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], shap
                   compression: str = "jpeg", quality: int = 90, description: str | None = None,
                   overwrite: bool = False, downsample: str | None = None, thumbnail: int = 512,
                   inputs: tuple = (), maxworkers: int | None = None) -> Path:
-    """Stream a level-0 image into a pyramidal TIFF at ``path``, atomically.
+    """Stream a level-0 image, given as full-width row blocks, into a pyramidal TIFF at ``path``, atomically.
 
     Parameters
     ----------
@@ -215,73 +340,80 @@ def write_pyramid(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], shap
         Longest side of the stripped thumbnail image written after the levels (0 for none).
     inputs : tuple of paths
         Files the output must never overwrite.
+    maxworkers : int, optional
+        Threads that reduce and encode tiles (default: CPU count).
 
     Returns
     -------
     Path of the written file. Nothing is left at ``path`` if anything fails.
     """
+    spec = _make_spec(path, shape, dtype, tile_size, mpp, compression, quality, description, downsample)
+    return _write_tiff(path, spec, _rows_to_tiles(tile_rows, spec, path), overwrite, thumbnail, inputs, maxworkers)
+
+
+def write_pyramid_tiles(path: str | os.PathLike, tiles: Iterable[np.ndarray], shape: tuple[int, ...],
+                        dtype=np.uint8, tile_size: int = 512, mpp: tuple[float, float] | float | None = None,
+                        compression: str = "jpeg", quality: int = 90, description: str | None = None,
+                        overwrite: bool = False, downsample: str | None = None, thumbnail: int = 512,
+                        inputs: tuple = (), maxworkers: int | None = None) -> Path:
+    """Like :func:`write_pyramid`, with level 0 given as ``tile_size`` tiles in raster order (row by row, left to
+    right); edge tiles may be clipped to the image or full-size (the excess is ignored). Nothing wider than a tile
+    is ever held, so memory does not grow with the slide."""
+    spec = _make_spec(path, shape, dtype, tile_size, mpp, compression, quality, description, downsample)
+    return _write_tiff(path, spec, tiles, overwrite, thumbnail, inputs, maxworkers)
+
+
+def _jpeg_encoder(spec: PyramidSpec) -> Callable[[np.ndarray], bytes]:
+    """Encode a tile exactly as tifffile would for these tags (RGB → YCbCr 4:2:0, as Aperio does)."""
+    import imagecodecs
+
+    if spec.shape[2] == 3:
+        kw = {"level": spec.quality, "colorspace": "RGB", "outcolorspace": "YCBCR", "subsampling": (2, 2)}
+    else:
+        kw = {"level": spec.quality}
+    t = spec.tile_size
+
+    def encode(tile: np.ndarray) -> bytes:
+        tile = np.ascontiguousarray(_pad_to(tile, t))
+        return imagecodecs.jpeg_encode(tile if tile.shape[2] == 3 else tile[..., 0], **kw)
+
+    return encode
+
+
+def _write_tiff(path, spec: PyramidSpec, tiles: Iterable[np.ndarray], overwrite: bool, thumbnail: int,
+                inputs: tuple, maxworkers: int | None) -> Path:
     import tifffile
 
-    spec = _make_spec(path, shape, dtype, tile_size, mpp, compression, quality, description, downsample)
     shapes = level_shapes(spec.shape[0], spec.shape[1], spec.tile_size)
     h, w, c = spec.shape
     target = Path(path)
     if spec.description and spec.description.startswith("Aperio"):
         thumbnail = 0  # Aperio readers take the 2nd directory as thumbnail and later stripped ones as label/macro
+    # JPEG tiles are encoded on the pyramid's own pool and handed to tifffile as bytes; other codecs go to tifffile
+    # as padded arrays (it encodes them, a few at a time)
+    pre_encode = spec.compression == "jpeg"
+    t = spec.tile_size
+    finish = _jpeg_encoder(spec) if pre_encode else (lambda tile: _pad_to(tile, t))
+    tile_bytes = t * t * c * spec.dtype.itemsize
     with atomic_path(target, overwrite=overwrite, inputs=inputs) as tmp:
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.levels.", dir=tmp.parent))
+        pyr = _TilePyramid(spec, scratch, maxworkers, finish)
         try:
-            stores = [None] + [_scratch_array(scratch / f"{k}", s, c, spec) for k, s in enumerate(shapes) if k]
-            sinks_seen = [0] * len(shapes)
-
             with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
-                def level0_rows() -> Iterator[np.ndarray]:
-                    # Pull rows from the caller, pass them down the cascade, hand level-0 blocks to tifffile.
-                    pending: list[np.ndarray] = []
-
-                    def sink(k, block):
-                        if k == 0:
-                            pending.append(block)
-                        else:
-                            y = sinks_seen[k]
-                            stores[k][y:y + block.shape[0]] = block
-                        sinks_seen[k] += block.shape[0]
-
-                    cascade = _Cascade(shapes, c, spec.dtype, spec.tile_size, spec.downsample, [sink] * len(shapes))
-                    for rows in tile_rows:
-                        rows = np.asarray(rows)
-                        if rows.ndim == 2:
-                            rows = rows[..., None]
-                        if rows.shape[1:] != (w, c):
-                            raise PathgenError(f"tile row of shape {rows.shape} does not match image width/channels "
-                                               f"({w}, {c})", path)
-                        cascade.push(rows.astype(spec.dtype, copy=False))
-                        while pending:
-                            yield pending.pop(0)
-                    cascade.check_complete()
-
-                def lvl_mpp(k):
-                    return None if spec.mpp is None else (spec.mpp[0] * w / shapes[k][1],
-                                                          spec.mpp[1] * h / shapes[k][0])
-
-                tif.write(_iter_tiles(level0_rows(), spec.tile_size), shape=(h, w, c) if c > 1 else (h, w),
-                          description=_description(spec, 0, shapes), subfiletype=0, maxworkers=maxworkers,
-                          **_tiff_kwargs(spec, lvl_mpp(0)))
-                for k in range(1, len(shapes)):
-                    lh, lw = shapes[k]
-                    arr = stores[k]
-                    blocks = (arr[y:y + spec.tile_size] for y in range(0, lh, spec.tile_size))
-                    tif.write(_iter_tiles(blocks, spec.tile_size), shape=(lh, lw, c) if c > 1 else (lh, lw),
-                              description=_description(spec, k, shapes), subfiletype=1, maxworkers=maxworkers,
-                              **_tiff_kwargs(spec, lvl_mpp(k)))
-                if thumbnail and c in (1, 3) and spec.dtype == np.uint8:
-                    small = np.asarray(stores[-1][:]) if len(shapes) > 1 else None
-                    if small is not None:
-                        thumb = _resize_longest(small, thumbnail)
-                        tif.write(thumb if c > 1 else thumb[..., 0], photometric="rgb" if c == 3 else "minisblack",
-                                  compression="jpeg" if spec.compression == "jpeg" else "zlib",
-                                  subfiletype=1, description="thumbnail", metadata=None)
+                for k, (lh, lw) in enumerate(shapes):
+                    lvl_mpp = None if spec.mpp is None else (spec.mpp[0] * w / lw, spec.mpp[1] * h / lh)
+                    kw = _tiff_kwargs(spec, lvl_mpp)
+                    if not pre_encode:
+                        kw.update(maxworkers=pyr.workers, buffersize=tile_bytes * pyr.workers * 2)
+                    tif.write(pyr.level(k, tiles if k == 0 else None, path), shape=(lh, lw, c) if c > 1 else (lh, lw),
+                              description=_description(spec, k, shapes), subfiletype=0 if k == 0 else 1, **kw)
+                if thumbnail and c in (1, 3) and spec.dtype == np.uint8 and len(shapes) > 1 and pyr.last is not None:
+                    thumb = _resize_longest(pyr.last, thumbnail)
+                    tif.write(thumb if c > 1 else thumb[..., 0], photometric="rgb" if c == 3 else "minisblack",
+                              compression="jpeg" if spec.compression == "jpeg" else "zlib",
+                              subfiletype=1, description="thumbnail", metadata=None)
         finally:
+            pyr.close()
             shutil.rmtree(scratch, ignore_errors=True)
     return target
 
@@ -301,15 +433,6 @@ def _make_spec(path, shape, dtype, tile_size, mpp, compression, quality, descrip
     return spec
 
 
-def _scratch_array(folder: Path, shape, c, spec: PyramidSpec):
-    import zarr
-    from zarr.codecs import ZstdCodec
-
-    return zarr.create_array(store=str(folder), shape=(shape[0], shape[1], c), dtype=spec.dtype,
-                             chunks=(spec.tile_size, spec.tile_size, c), compressors=ZstdCodec(level=1),
-                             fill_value=0, overwrite=True, config={"write_empty_chunks": True})
-
-
 def _resize_longest(img: np.ndarray, longest: int) -> np.ndarray:
     from PIL import Image
 
@@ -324,10 +447,12 @@ def _resize_longest(img: np.ndarray, longest: int) -> np.ndarray:
 
 def write_ome_zarr(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], shape: tuple[int, ...],
                    dtype=np.uint8, tile_size: int = 512, mpp: tuple[float, float] | float | None = None,
-                   overwrite: bool = False, downsample: str | None = None, name: str = "image") -> Path:
+                   overwrite: bool = False, downsample: str | None = None, name: str = "image",
+                   tiles: bool = False) -> Path:
     """Stream a level-0 image into an OME-Zarr (NGFF 0.5, zarr v3) multiscale image folder, atomically.
 
-    Axes are ``y, x, c`` is not allowed by NGFF; the arrays are stored ``(c, y, x)`` with chunks
+    ``tile_rows`` are full-width row blocks, or with ``tiles=True`` ``tile_size`` tiles in raster order (as for
+    :func:`write_pyramid_tiles`). NGFF does not allow ``y, x, c``; the arrays are stored ``(c, y, x)`` with chunks
     ``(c, tile, tile)`` and the multiscale metadata carries µm scales when ``mpp`` is known.
     """
     import zarr
@@ -336,24 +461,23 @@ def write_ome_zarr(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], sha
     spec = _make_spec(path, shape, dtype, tile_size, mpp, "zlib", 90, None,
                       downsample or ("mean" if np.dtype(dtype) == np.uint8 else "nearest"))
     shapes = level_shapes(spec.shape[0], spec.shape[1], spec.tile_size)
-    c = spec.shape[2]
+    c, t = spec.shape[2], spec.tile_size
+    level0 = tile_rows if tiles else _rows_to_tiles(tile_rows, spec, path)
     with atomic_dir(path, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        arrays = [root.create_array(str(k), shape=(c, s[0], s[1]), chunks=(c, spec.tile_size, spec.tile_size),
+        arrays = [root.create_array(str(k), shape=(c, s[0], s[1]), chunks=(c, t, t),
                                     dtype=spec.dtype, compressors=BloscCodec(cname="zstd", clevel=3), fill_value=0)
                   for k, s in enumerate(shapes)]
-        seen = [0] * len(shapes)
-
-        def sink(k, block):
-            y = seen[k]
-            arrays[k][:, y:y + block.shape[0], :] = np.moveaxis(block, -1, 0)
-            seen[k] += block.shape[0]
-
-        cascade = _Cascade(shapes, c, spec.dtype, spec.tile_size, spec.downsample, [sink] * len(shapes))
-        for rows in tile_rows:
-            rows = np.asarray(rows)
-            cascade.push(rows[..., None] if rows.ndim == 2 else rows)
-        cascade.check_complete()
+        pyr = _TilePyramid(spec, Path(tmp), None, lambda tile: tile)
+        try:
+            for k in range(len(shapes)):
+                nx = pyr.grids[k][1]
+                for i, tile in enumerate(pyr.level(k, level0 if k == 0 else None, path)):
+                    y, x = (i // nx) * t, (i % nx) * t
+                    arrays[k][:, y:y + tile.shape[0], x:x + tile.shape[1]] = np.moveaxis(tile, -1, 0)
+        finally:
+            pyr.close()
+            (Path(tmp) / "pieces.bin").unlink(missing_ok=True)
         base = spec.mpp or (1.0, 1.0)
         unit = "micrometer" if spec.mpp else None
         datasets = []
