@@ -15,7 +15,7 @@ from PIL import Image
 from pathgen.errors import PathgenError
 from pathgen.segment.checkpoint import load_model, read_checkpoint_config
 from pathgen.segment.data import (AUGMENT_PRESETS, AugmentConfig, NucleiSample, count_types, jitter_stains,
-                                  open_nuclei_dataset, random_patch)
+                                  open_nuclei_dataset, random_patch, vary_hematoxylin)
 from pathgen.segment.targets import hv_maps
 from pathgen.segment.train import TrainConfig, train_hovernet
 
@@ -243,3 +243,26 @@ def test_conic_and_pannuke_arrays_are_read_through_the_metrics_formats(tmp_path)
     ds = open_nuclei_dataset(pannuke, "pannuke")
     assert count_types(ds) == 6 and ds.class_names[1] == "neoplastic"
     np.testing.assert_array_equal(ds[0].classes, tiles[0].classes)
+
+
+def test_haematoxylin_sheets_darken_tissue_and_nuclear_jitter_touches_only_nuclei():
+    from skimage.color import hed_from_rgb
+
+    sample = fake_tile(11, size=96)
+    img, inst = sample.image, sample.instances
+    rng = np.random.default_rng(0)
+    # nuclear jitter alone: background pixels unchanged, nuclei changed
+    only_nuclei = vary_hematoxylin(img, inst, rng, counterstain=0.0, nuclear=0.5)
+    assert np.array_equal(only_nuclei[inst == 0], img[inst == 0])
+    assert not np.array_equal(only_nuclei[inst > 0], img[inst > 0])
+    # sheets add haematoxylin (never remove it): the H density rises somewhere outside nuclei, falls nowhere
+    def h_density(x):
+        return (-np.log((x.reshape(-1, 3).astype(np.float64) + 1) / 256) @ hed_from_rgb[:, 0]).reshape(inst.shape)
+
+    gained = [h_density(vary_hematoxylin(img, inst, np.random.default_rng(s), 0.8, 0.0)) - h_density(img)
+              for s in range(8)]
+    assert min(g.min() for g in gained) > -0.01
+    assert max(g[inst == 0].max() for g in gained) > 0.05
+    # no nuclei: nothing to calibrate against, image returned as is
+    assert vary_hematoxylin(img, np.zeros_like(inst), rng, 0.8, 0.5) is img
+    assert "real" in AUGMENT_PRESETS and AUGMENT_PRESETS["real"].counterstain_h > 0

@@ -34,7 +34,8 @@ def hovernet(
                                                             "(default: the dataset's, else 0.5)."),
     augment: str = typer.Option("standard", "--augment",
                                 help="standard (flips, rotations, colour jitter) | strong (adds stain and blur "
-                                     "jitter; for generated tiles meant for real slides) | none."),
+                                     "jitter) | real (strong plus haematoxylin sheets over the tissue and pale "
+                                     "nuclei; for generated tiles meant for real slides) | none."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this HoVer-Net checkpoint (fine-tune; "
                                                              "its architecture replaces --preset)."),
     data_format: str = typer.Option("auto", "--format", help="auto | tiles | hovernet-mat | pannuke | conic."),
@@ -70,7 +71,7 @@ def _augment(name: str, presets: dict):
     from pathgen.errors import PathgenError
 
     if name not in presets:
-        raise PathgenError(f"unknown --augment {name!r} (choose standard, strong or none)")
+        raise PathgenError(f"unknown --augment {name!r} (choose {', '.join(presets)})")
     return presets[name]
 
 
