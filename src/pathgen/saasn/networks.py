@@ -67,6 +67,12 @@ class SAASNConfig:
         Attention only after blocks whose feature map at ``image_size`` has at most this many positions.
     init_gain : float
         Standard deviation of the N(0, gain) weight initialisation (0.02 in the reference code).
+    full_res_skip : bool
+        pathgen extension, off in the paper's architecture: the outermost up step gives ``ngf`` feature maps
+        instead of the image, and a head of two 3×3 convs over those maps concatenated with the input image makes
+        the output. The pix2pix U-Net's finest skip is already at half resolution, so without this the output's
+        fine structure must be regenerated from half-resolution features; with it, the input's pixels are one
+        conv away (structure SSIM to the source rises, see ``benchmarks/RESULTS.md``).
     """
 
     image_size: int = 128
@@ -81,6 +87,7 @@ class SAASNConfig:
     attention: str = "sdpa"
     attention_max_tokens: int = 1024
     init_gain: float = 0.02
+    full_res_skip: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTION_IMPLS:
@@ -126,7 +133,7 @@ PRESETS: dict[str, SAASNConfig] = {
     "tiny": SAASNConfig(image_size=32, ngf=8, g_depth=4, g_max_mult=4, ndf=8, d_layers=2, d_max_mult=4,
                         attention_max_tokens=64),
     "small": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
-                         attention_max_tokens=256),
+                         attention_max_tokens=256, full_res_skip=True),
     "paper": SAASNConfig(image_size=128, ngf=64, g_depth=7, g_max_mult=8, ndf=64, d_layers=3, d_max_mult=8,
                          attention_max_tokens=1024),
 }
@@ -224,13 +231,17 @@ class UNetGenerator(nn.Module):
         self.up_attn = nn.ModuleList()
         for i in range(n, 0, -1):  # up step i maps level i to level i-1
             cin = widths[i - 1] if i == n else 2 * widths[i - 1]
-            cout = 3 if i == 1 else widths[i - 2]
-            layers = [nn.ReLU(), _sn(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=(i == 1)), sn)]
-            layers.append(nn.Tanh() if i == 1 else _norm(cfg.norm, cout))
+            image_out = i == 1 and not cfg.full_res_skip
+            cout = 3 if image_out else (cfg.ngf if i == 1 else widths[i - 2])
+            layers = [nn.ReLU(), _sn(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=image_out), sn)]
+            layers.append(nn.Tanh() if image_out else _norm(cfg.norm, cout))
             self.ups.append(nn.Sequential(*layers))
             side = cfg.image_size // 2 ** (i - 1)
             self.up_attn.append(SelfAttention(cout, cfg.attention, sn)
                                 if (i > 1 and cfg.attends(side)) else nn.Identity())
+        self.head = nn.Sequential(
+            _sn(nn.Conv2d(cfg.ngf + 3, cfg.ngf, 3, 1, 1), sn), nn.ReLU(),
+            _sn(nn.Conv2d(cfg.ngf, 3, 3, 1, 1), sn), nn.Tanh()) if cfg.full_res_skip else None
         init_weights(self, cfg.init_gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,6 +258,8 @@ class UNetGenerator(nn.Module):
             if k > 0:
                 h = torch.cat([h, skips.pop()], dim=1)
             h = attn(up(h))
+        if self.head is not None:
+            h = self.head(torch.cat([F.relu(h), x], dim=1))  # the image itself goes in un-rectified
         return h
 
 
