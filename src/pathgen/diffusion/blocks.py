@@ -17,10 +17,47 @@ residual: diffusion training is stable from the first step.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pathgen.errors import PathgenError
+
+
+class UNetGeometry:
+    """Shared geometry of the diffusion U-Net configs (NASDM, MaskGen): frozen dataclasses with ``image_size``,
+    ``channel_mult``, ``attention_resolutions``, ``model_channels`` and ``num_res_blocks``; this adds the checks,
+    the derived sizes and the JSON round trip (tuples are stored as lists)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        if self.model_channels < 1 or self.num_res_blocks < 1 or not self.channel_mult:
+            raise PathgenError("model_channels, num_res_blocks and channel_mult must be positive / non-empty")
+        if self.image_size % self.downsample_factor:
+            raise PathgenError(f"image_size {self.image_size} is not divisible by the U-Net's total "
+                               f"down-sampling {self.downsample_factor}")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    def attention_factors(self) -> set[int]:
+        """Down-sampling factors (1, 2, 4, …) at which attention is applied."""
+        return {self.image_size // r for r in self.attention_resolutions if r > 0 and self.image_size % r == 0}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel_mult"] = list(self.channel_mult)
+        d["attention_resolutions"] = list(self.attention_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
 
 def group_count(channels: int, max_groups: int = 32) -> int:

@@ -8,20 +8,20 @@ learned variance (output ``2 × 8`` channels: ε then ``v``). The null condition
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 
-from pathgen.diffusion.blocks import AttentionBlock, Downsample, ResBlock, TimestepMLP, Upsample, group_count, \
-    zero_module
+from pathgen.diffusion.blocks import AttentionBlock, Downsample, ResBlock, TimestepMLP, UNetGeometry, Upsample, \
+    group_count, zero_module
 from pathgen.errors import PathgenError
 from pathgen.maskgen.encoding import MASK_CHANNELS
 from pathgen.nasdm.conditioning import NUM_CLASSES
 
 
 @dataclass(frozen=True)
-class MaskGenConfig:
+class MaskGenConfig(UNetGeometry):
     """Architecture of the MaskGen denoiser (saved in checkpoints); fields as in
     :class:`pathgen.nasdm.unet.NASDMConfig`, plus ``num_classes`` (presence-vector length)."""
 
@@ -37,31 +37,6 @@ class MaskGenConfig:
     dropout: float = 0.0
     resblock_updown: bool = True
     max_groups: int = 32
-
-    def __post_init__(self):
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
-        if self.image_size % self.downsample_factor:
-            raise PathgenError(f"image_size {self.image_size} is not divisible by the U-Net's total "
-                               f"down-sampling {self.downsample_factor}")
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
-
-    def attention_factors(self) -> set[int]:
-        return {self.image_size // r for r in self.attention_resolutions if r > 0 and self.image_size % r == 0}
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channel_mult"] = list(self.channel_mult)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MaskGenConfig":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
 
 PRESETS: dict[str, MaskGenConfig] = {

@@ -17,19 +17,19 @@ overlapping windows of the training size instead (:mod:`pathgen.nasdm.pipeline`)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 
-from pathgen.diffusion.blocks import (AttentionBlock, Downsample, ResBlock, SDMResBlock, TimestepMLP, Upsample,
-                                      group_count, zero_module)
+from pathgen.diffusion.blocks import (AttentionBlock, Downsample, ResBlock, SDMResBlock, TimestepMLP, UNetGeometry,
+                                      Upsample, group_count, zero_module)
 from pathgen.errors import PathgenError
 from pathgen.nasdm.conditioning import COND_CHANNELS
 
 
 @dataclass(frozen=True)
-class NASDMConfig:
+class NASDMConfig(UNetGeometry):
     """Architecture of the NASDM denoiser (saved in checkpoints).
 
     Attributes
@@ -73,34 +73,6 @@ class NASDMConfig:
     dropout: float = 0.0
     resblock_updown: bool = True
     max_groups: int = 32
-
-    def __post_init__(self):
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
-        if self.image_size % self.downsample_factor:
-            raise PathgenError(f"image_size {self.image_size} is not divisible by the U-Net's total "
-                               f"down-sampling {self.downsample_factor}")
-        if self.model_channels < 1 or self.num_res_blocks < 1 or not self.channel_mult:
-            raise PathgenError("model_channels, num_res_blocks and channel_mult must be positive / non-empty")
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
-
-    def attention_factors(self) -> set[int]:
-        """Down-sampling factors (1, 2, 4, …) at which attention is applied."""
-        return {self.image_size // r for r in self.attention_resolutions if r > 0 and self.image_size % r == 0}
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channel_mult"] = list(self.channel_mult)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "NASDMConfig":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known})
 
 
 PRESETS: dict[str, NASDMConfig] = {

@@ -295,6 +295,10 @@ class AugmentConfig:
         nuclear haematoxylin (see :func:`vary_hematoxylin`): purple cytoplasm and dense stroma are not nuclei.
     nuclear_h : float
         Each nucleus's haematoxylin multiplied by a factor drawn from 1 +- ``nuclear_h`` (pale, vesicular nuclei).
+    stain_log_range : float
+        When > 0, the haematoxylin and eosin factors of the stain jitter are drawn log-uniformly from
+        ``exp(±stain_log_range)`` instead of 1 +- ``stain_scale``: real slides are often stained two to three
+        times heavier than the generator's tissue (very dark nuclei, deep red stroma).
     """
 
     flips: bool = True
@@ -308,6 +312,7 @@ class AugmentConfig:
     blur: float = 0.0
     counterstain_h: float = 0.0
     nuclear_h: float = 0.0
+    stain_log_range: float = 0.0
 
 
 #: Named augmentation settings: ``standard`` (flips, rotations, mild colour jitter) and ``strong`` (adds stain
@@ -317,7 +322,7 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "strong": AugmentConfig(brightness=0.1, contrast=0.3, saturation=0.3, hue=0.06, stain_scale=0.5,
                             stain_shift=0.15, blur=1.5),
     "real": AugmentConfig(brightness=0.1, contrast=0.3, saturation=0.3, hue=0.06, stain_scale=0.5,
-                          stain_shift=0.15, blur=1.5, counterstain_h=0.8, nuclear_h=0.4),
+                          stain_shift=0.15, blur=1.5, counterstain_h=0.8, nuclear_h=0.4, stain_log_range=1.0),
 }
 
 
@@ -351,17 +356,23 @@ def jitter_colour(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfi
     return np.clip(np.rint(img), 0, 255).astype(np.uint8).reshape(image.shape)
 
 
-def jitter_stains(image: np.ndarray, rng: np.random.Generator, scale: float, shift: float) -> np.ndarray:
+def jitter_stains(image: np.ndarray, rng: np.random.Generator, scale: float, shift: float,
+                  log_range: float = 0.0) -> np.ndarray:
     """Scale and shift the haematoxylin and eosin optical densities of an (H, W, 3) uint8 image (uint8 out).
 
     Colour deconvolution with the Ruifrok-Johnston matrix (``skimage.color.rgb_from_hed``); the third (DAB)
-    component is left alone.
+    component is left alone. Factors come from 1 +- ``scale``, or log-uniformly from ``exp(±log_range)`` when
+    ``log_range > 0``.
     """
     from skimage.color import hed_from_rgb, rgb_from_hed
 
     od = -np.log((image.reshape(-1, 3).astype(np.float32) + 1.0) / 256.0)
     conc = od @ hed_from_rgb.astype(np.float32)
-    alpha = np.array([rng.uniform(1 - scale, 1 + scale), rng.uniform(1 - scale, 1 + scale), 1.0], np.float32)
+    if log_range > 0:
+        alpha = np.array([np.exp(rng.uniform(-log_range, log_range)), np.exp(rng.uniform(-log_range, log_range)),
+                          1.0], np.float32)
+    else:
+        alpha = np.array([rng.uniform(1 - scale, 1 + scale), rng.uniform(1 - scale, 1 + scale), 1.0], np.float32)
     beta = np.array([rng.uniform(-shift, shift), rng.uniform(-shift, shift), 0.0], np.float32)
     # add only the change of the stain amounts, so unchanged amounts give the input back exactly
     od = np.maximum(od + (conc * (alpha - 1.0) + beta) @ rgb_from_hed.astype(np.float32), 0.0)
@@ -432,8 +443,8 @@ def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,
     if augment is not None:
         if augment.counterstain_h > 0 or augment.nuclear_h > 0:
             image = vary_hematoxylin(image, arrays[1], rng, augment.counterstain_h, augment.nuclear_h)
-        if augment.stain_scale > 0 or augment.stain_shift > 0:
-            image = jitter_stains(image, rng, augment.stain_scale, augment.stain_shift)
+        if augment.stain_scale > 0 or augment.stain_shift > 0 or augment.stain_log_range > 0:
+            image = jitter_stains(image, rng, augment.stain_scale, augment.stain_shift, augment.stain_log_range)
         image = jitter_colour(image, rng, augment)
         if augment.blur > 0 and rng.random() < 0.5:
             from scipy.ndimage import gaussian_filter

@@ -198,7 +198,7 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
         cfg = EngineConfig(tile_size=config.tile_size, overlap=config.overlap, batch_size=config.batch_size,
                            blend="max", workers=config.workers, scheduler=config.scheduler, threads=config.threads,
                            device=config.device, skip_background=config.skip_background, background=0)
-        from pathgen.engine import TileGrid
+        from pathgen.engine import RunReport, TileGrid
 
         grid = TileGrid(source.width, source.height, config.tile_size, config.overlap)
         if len(grid) >= 2 ** 31 // (LOCAL_BITS * TYPE_BITS):
@@ -209,8 +209,9 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
         records: list[dict] = []
         lut: dict[int, int] = {}
         types: dict[int, int] = {}
+        report = RunReport()
         rows = iter_stitched_rows(source, fn, 1, np.int64, cfg, tissue=tissue, progress_desc="segment",
-                                  record_sink=records.extend)
+                                  record_sink=records.extend, report=report)
         out_mpp = source.out_mpp
         write_pyramid(out / "instances.tif", _renumber_rows(rows, lut, types), (source.height, source.width, 1),
                       dtype=np.int32, compression="zlib", mpp=out_mpp, overwrite=True, inputs=(input_path,),
@@ -262,6 +263,7 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
     summary = {"input": str(Path(input_path).resolve()), "nuclei": len(lut), "per_type": counts,
                "mpp": None if out_mpp is None else list(out_mpp), "shape": [int(source.height), int(source.width)],
                "checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(Path(checkpoint)),
+               "windows": report.windows, "processed": report.processed, "skipped": report.skipped,
                "outputs": list(names)}
     save_run_config(out, config, extra=summary, json_path=out / "segment.json")
     return summary
