@@ -113,8 +113,10 @@ def source_dirs(work: Path, split: str) -> list[Path]:
     return [work / split / s for s in (*SYNTH_SITES, "cmu")]
 
 
-def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0) -> None:
-    """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``small`` preset."""
+def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0,
+          arch: str = "small") -> None:
+    """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``arch`` preset; runs go
+    to ``runs/NAME`` (``runs/NAME-ARCH`` for other presets than ``small``)."""
     import torch
 
     from pathgen.saasn.data import DataConfig
@@ -131,11 +133,11 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
             continue
         tcfg = train_preset("small")
         tcfg.epochs, tcfg.steps_per_epoch, tcfg.seed, tcfg.device, tcfg.threads = epochs, steps, seed, "cpu", 1
-        out = work / "runs" / name
+        out = work / "runs" / (name if arch == "small" else f"{name}-{arch}")
         out.parent.mkdir(parents=True, exist_ok=True)
         resume = (out / "state" / "training.json").is_file()
         t0 = time.perf_counter()
-        res = train_saasn(out, data, preset("small"), losses, tcfg, resume=resume, epochs=epochs, quiet=True)
+        res = train_saasn(out, data, preset(arch), losses, tcfg, resume=resume, epochs=epochs, quiet=True)
         print(f"{name}: {res.epochs_done} epochs, {res.steps_done} steps in {time.perf_counter() - t0:.0f} s; "
               f"last epoch {json.dumps({k: round(v, 4) for k, v in res.last_epoch_means.items()})}", flush=True)
 
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("step", choices=("prepare", "train", "eval", "ship", "all"))
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--which", choices=("both", "saasn", "cyclegan"), default="both")
+    ap.add_argument("--arch", default="small", help="architecture preset (pathgen.saasn.networks.PRESETS)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("prepare", "all"):
         prepare(args.work)
     if args.step in ("train", "all"):
-        train(args.work, args.which, args.epochs, args.steps, args.seed)
+        train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch)
     if args.step in ("eval", "all"):
         evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append)
     if args.step in ("ship", "all"):

@@ -73,6 +73,12 @@ class SAASNConfig:
         the output. The pix2pix U-Net's finest skip is already at half resolution, so without this the output's
         fine structure must be regenerated from half-resolution features; with it, the input's pixels are one
         conv away (structure SSIM to the source rises, see ``benchmarks/RESULTS.md``).
+    colour_transform : bool
+        pathgen extension, off in the paper's architecture: the U-Net's outermost features (``ngf`` maps) are
+        pooled 4×, a small head turns them into a per-pixel affine colour map (a 3×3 matrix and an offset, starting
+        at the identity), bilinearly upsampled and applied to the input pixels: ``y = A(x)·x + b(x)``. The
+        generator then recolours, as a context-aware and spatially smooth stain transform, and cannot redraw
+        structure. Excludes ``full_res_skip``.
     """
 
     image_size: int = 128
@@ -88,8 +94,11 @@ class SAASNConfig:
     attention_max_tokens: int = 1024
     init_gain: float = 0.02
     full_res_skip: bool = False
+    colour_transform: bool = False
 
     def __post_init__(self):
+        if self.full_res_skip and self.colour_transform:
+            raise PathgenError("full_res_skip and colour_transform exclude each other")
         if self.attention not in ATTENTION_IMPLS:
             raise PathgenError(f"unknown attention {self.attention!r} (choose {', '.join(ATTENTION_IMPLS)})")
         if self.norm not in NORMS:
@@ -134,6 +143,9 @@ PRESETS: dict[str, SAASNConfig] = {
                         attention_max_tokens=64),
     "small": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
                          attention_max_tokens=256, full_res_skip=True),
+    # small, recolouring through a per-pixel affine colour map instead of redrawing the image
+    "small-colour": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
+                                attention_max_tokens=256, colour_transform=True),
     "paper": SAASNConfig(image_size=128, ngf=64, g_depth=7, g_max_mult=8, ndf=64, d_layers=3, d_max_mult=8,
                          attention_max_tokens=1024),
 }
@@ -231,7 +243,7 @@ class UNetGenerator(nn.Module):
         self.up_attn = nn.ModuleList()
         for i in range(n, 0, -1):  # up step i maps level i to level i-1
             cin = widths[i - 1] if i == n else 2 * widths[i - 1]
-            image_out = i == 1 and not cfg.full_res_skip
+            image_out = i == 1 and not (cfg.full_res_skip or cfg.colour_transform)
             cout = 3 if image_out else (cfg.ngf if i == 1 else widths[i - 2])
             layers = [nn.ReLU(), _sn(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=image_out), sn)]
             layers.append(nn.Tanh() if image_out else _norm(cfg.norm, cout))
@@ -242,7 +254,15 @@ class UNetGenerator(nn.Module):
         self.head = nn.Sequential(
             _sn(nn.Conv2d(cfg.ngf + 3, cfg.ngf, 3, 1, 1), sn), nn.ReLU(),
             _sn(nn.Conv2d(cfg.ngf, 3, 3, 1, 1), sn), nn.Tanh()) if cfg.full_res_skip else None
+        self.colour_head = nn.Sequential(
+            _sn(nn.Conv2d(cfg.ngf, cfg.ngf, 3, 1, 1), sn), nn.ReLU(),
+            nn.Conv2d(cfg.ngf, 12, 3, 1, 1)) if cfg.colour_transform else None
         init_weights(self, cfg.init_gain)
+        if self.colour_head is not None:
+            # the last layer starts at zero, so the generator starts as the identity map; it carries no spectral
+            # norm (σ of a zero weight is 0), the affine map it produces is bounded by the clamp of the output
+            nn.init.zeros_(self.colour_head[-1].weight)
+            nn.init.zeros_(self.colour_head[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.config.multiple
@@ -260,6 +280,12 @@ class UNetGenerator(nn.Module):
             h = attn(up(h))
         if self.head is not None:
             h = self.head(torch.cat([F.relu(h), x], dim=1))  # the image itself goes in un-rectified
+        elif self.colour_head is not None:
+            p = self.colour_head(F.avg_pool2d(F.relu(h), 4))
+            p = F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            b, _, hh, ww = x.shape
+            a = p[:, :9].view(b, 3, 3, hh, ww) + torch.eye(3, device=x.device, dtype=x.dtype).view(1, 3, 3, 1, 1)
+            h = (torch.einsum("bijhw,bjhw->bihw", a, x) + p[:, 9:]).clamp(-1.0, 1.0)
         return h
 
 
