@@ -405,13 +405,36 @@ def vary_hematoxylin(image: np.ndarray, instances: np.ndarray, rng: np.random.Ge
         factors = rng.uniform(1 - nuclear, 1 + nuclear, int(instances.max()) + 1).astype(np.float32)
         factors[0] = 1.0
         delta += h * (factors[instances] - 1.0)
+    eosin = np.zeros(instances.shape, np.float32)
     if counterstain > 0:
         noise = gaussian_filter(rng.standard_normal(instances.shape).astype(np.float32), rng.uniform(6, 20))
         noise /= noise.std() + 1e-6
         sheet = np.clip((noise - rng.uniform(-1.0, 1.0)) * 1.5, 0.0, 1.0)
+        if rng.random() < 0.5:
+            # a sheet of cells (e.g. squamous epithelium): polygons with paler borders and cell-to-cell variation,
+            # so a mesh of purple cytoplasm is not read as a mesh of nuclei
+            sheet = sheet * _cell_sheet_texture(instances.shape, rng)
+            eosin = rng.uniform(0, counterstain) * max(h_n, 0.0) * sheet
         delta += rng.uniform(0, counterstain) * max(h_n, 0.0) * sheet
-    od = np.maximum(od + delta[..., None] * rgb_from_hed[0].astype(np.float32), 0.0)
+    od = np.maximum(od + delta[..., None] * rgb_from_hed[0].astype(np.float32)
+                    + eosin[..., None] * rgb_from_hed[1].astype(np.float32), 0.0)
     return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+
+
+def _cell_sheet_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A (H, W) float32 texture in [0.3, 1.3] of Voronoi cells 16-48 px across, each with its own intensity, and
+    paler borders between them."""
+    from scipy.spatial import cKDTree
+
+    h, w = shape
+    cell = rng.uniform(16, 48)
+    n = max(4, int(h * w / cell ** 2 * 1.3))
+    seeds = rng.uniform([-cell, -cell], [h + cell, w + cell], (n, 2))
+    yy, xx = np.mgrid[0:h, 0:w]
+    d, idx = cKDTree(seeds).query(np.column_stack([yy.ravel(), xx.ravel()]), k=2)
+    border = np.exp(-((d[:, 1] - d[:, 0]) / rng.uniform(1.0, 3.0)) ** 2)
+    level = rng.uniform(0.7, 1.3, n)[idx[:, 0]]
+    return np.clip(level * (1.0 - 0.7 * border), 0.3, 1.3).astype(np.float32).reshape(h, w)
 
 
 def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,
