@@ -217,7 +217,10 @@ Trained on CPU (one torch thread) from the repository's sample data:
   `cmu_small_region.svs` (top two thirds, level 0, 0.499 µm/px);
 - target Y: tiles of the real image `target_image.png` (columns x < 700).
 
-Architecture preset `small` ({run_info["parameters"]["generator"]:,} generator parameters, {size_mb:.1f} MB).
+Architecture preset `small` ({run_info["parameters"]["generator"]:,} generator parameters, {size_mb:.1f} MB){
+    "; the paper's pix2pix U-Net plus pathgen's full-resolution skip head (`SAASNConfig.full_res_skip`: the last "
+    "up step's features and the input image go through two 3×3 convs)" if cfg.get("model", cfg).get("full_res_skip")
+    else ""}.
 Loss weights α = β = γ = 10, δ = 0.1, LSGAN, boundary control on. Adam 2e-4 (0.5, 0.999), batch
 {train_cfg["batch_size"]}, 128-px crops, {train_cfg["epochs"]} epochs × {run_info["steps_per_epoch"]} steps, linear
 learning-rate decay over the second half, seed {train_cfg["seed"]}. Training loop wall time (losses.csv):

@@ -322,7 +322,7 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "strong": AugmentConfig(brightness=0.1, contrast=0.3, saturation=0.3, hue=0.06, stain_scale=0.5,
                             stain_shift=0.15, blur=1.5),
     "real": AugmentConfig(brightness=0.1, contrast=0.3, saturation=0.3, hue=0.06, stain_scale=0.5,
-                          stain_shift=0.15, blur=1.5, counterstain_h=0.8, nuclear_h=0.4, stain_log_range=1.0),
+                          stain_shift=0.15, blur=1.5, counterstain_h=1.0, nuclear_h=0.4, stain_log_range=1.0),
 }
 
 
@@ -386,9 +386,10 @@ def vary_hematoxylin(image: np.ndarray, instances: np.ndarray, rng: np.random.Ge
 
     With ``h`` the Ruifrok-Johnston haematoxylin density and ``h_n`` its median over nuclear pixels: each nucleus's
     ``h`` is scaled by a factor from 1 +- ``nuclear``, and a field ``a · h_n · s(x)`` is added everywhere, where
-    ``s`` is a smooth random sheet pattern in [0, 1] (Gaussian-filtered noise, 6-20 px, random coverage) and ``a``
-    is drawn from 0..``counterstain``. Generated tissue has pale cytoplasm and stroma; real epithelium and dense
-    stroma take up haematoxylin too, so a model must find nuclei by their shape and relative darkness.
+    ``s`` is a smooth random sheet pattern in [0, 1] (Gaussian-filtered noise, 6-20 px, random coverage; half of
+    the time textured as a sheet of polygonal cells with paler borders, which also take up some eosin) and ``a`` is
+    drawn from 0.25..1 times ``counterstain``. Generated tissue has pale cytoplasm and stroma; real epithelium and
+    dense stroma take up haematoxylin too, so a model must find nuclei by their shape and relative darkness.
     """
     from scipy.ndimage import gaussian_filter
     from skimage.color import hed_from_rgb, rgb_from_hed
@@ -414,8 +415,8 @@ def vary_hematoxylin(image: np.ndarray, instances: np.ndarray, rng: np.random.Ge
             # a sheet of cells (e.g. squamous epithelium): polygons with paler borders and cell-to-cell variation,
             # so a mesh of purple cytoplasm is not read as a mesh of nuclei
             sheet = sheet * _cell_sheet_texture(instances.shape, rng)
-            eosin = rng.uniform(0, counterstain) * max(h_n, 0.0) * sheet
-        delta += rng.uniform(0, counterstain) * max(h_n, 0.0) * sheet
+            eosin = rng.uniform(0.25, 1.0) * counterstain * max(h_n, 0.0) * sheet
+        delta += rng.uniform(0.25, 1.0) * counterstain * max(h_n, 0.0) * sheet
     od = np.maximum(od + delta[..., None] * rgb_from_hed[0].astype(np.float32)
                     + eosin[..., None] * rgb_from_hed[1].astype(np.float32), 0.0)
     return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
