@@ -86,3 +86,6 @@ def test_outputs_reopen_and_round_trip(generated_slide, tmp_path):
     assert pq(inst, back).pq > 0.98
     summary = json.loads((out / "segment.json").read_text())
     assert summary["nuclei"] == n and summary["checkpoint_sha256"]
+    assert summary["processed"] + summary["skipped"] == summary["windows"] > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(["instances.tif", "classes.tif", "nuclei.geojson",
+                                                            "nuclei.csv", "segment.json"])  # no spool left

@@ -132,6 +132,32 @@ class SegmentTiles:
         return out, records
 
 
+class _RecordSpool:
+    """Per-nucleus records appended to a JSON-lines file as tiles finish (polygons as GeoJSON geometry), read back
+    once at the end: memory holds one tile's records, not the slide's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "w")
+
+    def extend(self, records: list[dict]) -> None:
+        from shapely.geometry import mapping
+
+        for r in records:
+            self._fh.write(json.dumps({**r, "geometry": mapping(r["geometry"])}) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def read(self):
+        with open(self.path) as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _renumber_rows(rows, lut: dict[int, int], types: dict[int, int]):
     """Map encoded ids to 1..n in raster order of first appearance; yields int32 rows."""
     for block in rows:
@@ -186,86 +212,94 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
         raise PathgenError("output folder's parent does not exist", out.parent)
     model_mpp = float(read_checkpoint_config(checkpoint)["model"].get("mpp", 0.5))
     out.mkdir(exist_ok=True)
-    slide = open_slide(input_path, mpp=slide_mpp)
-    with slide:
-        if slide.mpp is None:
-            raise PathgenError(f"slide has no pixel size (mpp); the model works at {model_mpp} µm/px — pass --mpp",
-                               input_path)
-        close = abs(slide.mpp[0] - model_mpp) / model_mpp < 0.05
-        source = SlideSource(slide, level=0) if close else SlideSource(slide, level=None, mpp=model_mpp)
-        if tissue is None and config.skip_background and slide.level_count > 1:
-            tissue = tissue_mask(slide)
-        cfg = EngineConfig(tile_size=config.tile_size, overlap=config.overlap, batch_size=config.batch_size,
-                           blend="max", workers=config.workers, scheduler=config.scheduler, threads=config.threads,
-                           device=config.device, skip_background=config.skip_background, background=0)
-        from pathgen.engine import RunReport, TileGrid
+    spool_path = out / ".nuclei.spool.jsonl"
+    try:
+        slide = open_slide(input_path, mpp=slide_mpp)
+        with slide:
+            if slide.mpp is None:
+                raise PathgenError(f"slide has no pixel size (mpp); the model works at {model_mpp} µm/px — "
+                                   "pass --mpp", input_path)
+            close = abs(slide.mpp[0] - model_mpp) / model_mpp < 0.05
+            source = SlideSource(slide, level=0) if close else SlideSource(slide, level=None, mpp=model_mpp)
+            if tissue is None and config.skip_background and slide.level_count > 1:
+                tissue = tissue_mask(slide)
+            cfg = EngineConfig(tile_size=config.tile_size, overlap=config.overlap, batch_size=config.batch_size,
+                               blend="max", workers=config.workers, scheduler=config.scheduler, threads=config.threads,
+                               device=config.device, skip_background=config.skip_background, background=0)
+            from pathgen.engine import RunReport, TileGrid
 
-        grid = TileGrid(source.width, source.height, config.tile_size, config.overlap)
-        if len(grid) >= 2 ** 31 // (LOCAL_BITS * TYPE_BITS):
-            raise PathgenError(f"too many tiles ({len(grid)}) for the id encoding; use a larger --tile-size",
-                               input_path)
-        fn = SegmentTiles(str(checkpoint), config.tile_size, config.overlap, grid.nx, config.device,
-                          source.level0_per_px, config.min_area)
-        records: list[dict] = []
-        lut: dict[int, int] = {}
-        types: dict[int, int] = {}
-        report = RunReport()
-        rows = iter_stitched_rows(source, fn, 1, np.int64, cfg, tissue=tissue, progress_desc="segment",
-                                  record_sink=records.extend, report=report)
-        out_mpp = source.out_mpp
-        write_pyramid(out / "instances.tif", _renumber_rows(rows, lut, types), (source.height, source.width, 1),
-                      dtype=np.int32, compression="zlib", mpp=out_mpp, overwrite=True, inputs=(input_path,),
-                      downsample="nearest")
-    # class pyramid from the instance pyramid just written (no second pass over the slide)
-    type_lut = np.zeros(len(lut) + 1, np.uint8)
-    for k, t in types.items():
-        type_lut[k] = t
-    with tifffile.TiffFile(out / "instances.tif") as tif:
-        page = tif.pages[0]
-        store = page.aszarr()
-        import zarr
+            grid = TileGrid(source.width, source.height, config.tile_size, config.overlap)
+            if len(grid) >= 2 ** 31 // (LOCAL_BITS * TYPE_BITS):
+                raise PathgenError(f"too many tiles ({len(grid)}) for the id encoding; use a larger --tile-size",
+                                   input_path)
+            fn = SegmentTiles(str(checkpoint), config.tile_size, config.overlap, grid.nx, config.device,
+                              source.level0_per_px, config.min_area)
+            spool = _RecordSpool(spool_path)
+            lut: dict[int, int] = {}
+            types: dict[int, int] = {}
+            report = RunReport()
+            rows = iter_stitched_rows(source, fn, 1, np.int64, cfg, tissue=tissue, progress_desc="segment",
+                                      record_sink=spool.extend, report=report)
+            out_mpp = source.out_mpp
+            write_pyramid(out / "instances.tif", _renumber_rows(rows, lut, types), (source.height, source.width, 1),
+                          dtype=np.int32, compression="zlib", mpp=out_mpp, overwrite=True, inputs=(input_path,),
+                          downsample="nearest")
+        # class pyramid from the instance pyramid just written (no second pass over the slide)
+        type_lut = np.zeros(len(lut) + 1, np.uint8)
+        for k, t in types.items():
+            type_lut[k] = t
+        with tifffile.TiffFile(out / "instances.tif") as tif:
+            page = tif.pages[0]
+            store = page.aszarr()
+            import zarr
 
-        arr = zarr.open(store, mode="r")
-        h, w = page.shape[:2]
-        step = 512
-        blocks = (type_lut[np.asarray(arr[y:y + step])] for y in range(0, h, step))
-        write_pyramid(out / "classes.tif", blocks, (h, w), dtype=np.uint8, compression="zlib", mpp=out_mpp,
-                      overwrite=True, downsample="nearest")
-    # GeoJSON and CSV, with the renumbered ids
-    table = {t.id: t for t in NUCLEUS_TYPES}
-    features = []
-    kept = [r for r in records if r["code"] in lut]
-    kept.sort(key=lambda r: lut[r["code"]])
-    from shapely.geometry import mapping
-
-    area_um2 = float(out_mpp[0] * out_mpp[1]) if out_mpp else None
-    with atomic_path(out / "nuclei.csv", overwrite=True) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            wr = csv.writer(fh)
-            wr.writerow(["id", "centroid_x", "centroid_y", "area_px", "area_um2", "type", "type_name",
-                         "probability"])
-            for r in kept:
-                nid = lut[r["code"]]
-                name = table[r["type"]].name if r["type"] in table and r["type"] else ""
-                wr.writerow([nid, f"{r['cx']:.2f}", f"{r['cy']:.2f}", r["area"],
-                             "" if area_um2 is None else f"{r['area'] * area_um2:.2f}", r["type"], name,
-                             f"{r['prob']:.4f}"])
-                props = {"objectType": "detection", "id": nid, "type": r["type"], "probability": r["prob"]}
-                if r["type"] in table and r["type"]:
-                    props["classification"] = {"name": table[r["type"]].name, "color": list(table[r["type"]].color)}
-                features.append({"type": "Feature", "id": f"nucleus-{nid}",
-                                 "geometry": mapping(r["geometry"]), "properties": props})
-    with atomic_path(out / "nuclei.geojson", overwrite=True) as tmp:
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    counts = {table[t].name if t in table and t else "unclassified": 0 for t in set(types.values())}
-    for t in types.values():
-        counts[table[t].name if t in table and t else "unclassified"] += 1
-    summary = {"input": str(Path(input_path).resolve()), "nuclei": len(lut), "per_type": counts,
-               "mpp": None if out_mpp is None else list(out_mpp), "shape": [int(source.height), int(source.width)],
-               "checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(Path(checkpoint)),
-               "windows": report.windows, "processed": report.processed, "skipped": report.skipped,
-               "outputs": list(names)}
-    save_run_config(out, config, extra=summary, json_path=out / "segment.json")
+            arr = zarr.open(store, mode="r")
+            h, w = page.shape[:2]
+            step = 512
+            blocks = (type_lut[np.asarray(arr[y:y + step])] for y in range(0, h, step))
+            write_pyramid(out / "classes.tif", blocks, (h, w), dtype=np.uint8, compression="zlib", mpp=out_mpp,
+                          overwrite=True, downsample="nearest")
+        # GeoJSON and CSV, with the renumbered ids, streamed from the spool (a slide holds hundreds of thousands of
+        # nuclei: their polygons never sit in memory together)
+        table = {t.id: t for t in NUCLEUS_TYPES}
+        area_um2 = float(out_mpp[0] * out_mpp[1]) if out_mpp else None
+        spool.close()
+        with atomic_path(out / "nuclei.csv", overwrite=True) as tmp_csv, \
+                atomic_path(out / "nuclei.geojson", overwrite=True) as tmp_gj:
+            with open(tmp_csv, "w", newline="") as fh, open(tmp_gj, "w") as gj:
+                wr = csv.writer(fh)
+                wr.writerow(["id", "centroid_x", "centroid_y", "area_px", "area_um2", "type", "type_name",
+                             "probability"])
+                gj.write('{"type": "FeatureCollection", "features": [')
+                first = True
+                for r in spool.read():
+                    nid = lut.get(r["code"])
+                    if nid is None:  # a nucleus the stitching dropped (owned elsewhere / cut away)
+                        continue
+                    name = table[r["type"]].name if r["type"] in table and r["type"] else ""
+                    wr.writerow([nid, f"{r['cx']:.2f}", f"{r['cy']:.2f}", r["area"],
+                                 "" if area_um2 is None else f"{r['area'] * area_um2:.2f}", r["type"], name,
+                                 f"{r['prob']:.4f}"])
+                    props = {"objectType": "detection", "id": nid, "type": r["type"], "probability": r["prob"]}
+                    if r["type"] in table and r["type"]:
+                        props["classification"] = {"name": table[r["type"]].name, "color": list(table[r["type"]].color)}
+                    feature = {"type": "Feature", "id": f"nucleus-{nid}", "geometry": r["geometry"],
+                               "properties": props}
+                    gj.write(("" if first else ",") + "\n" + json.dumps(feature))
+                    first = False
+                gj.write("\n]}\n")
+        spool.remove()
+        counts = {table[t].name if t in table and t else "unclassified": 0 for t in set(types.values())}
+        for t in types.values():
+            counts[table[t].name if t in table and t else "unclassified"] += 1
+        summary = {"input": str(Path(input_path).resolve()), "nuclei": len(lut), "per_type": counts,
+                   "mpp": None if out_mpp is None else list(out_mpp), "shape": [int(source.height), int(source.width)],
+                   "checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(Path(checkpoint)),
+                   "windows": report.windows, "processed": report.processed, "skipped": report.skipped,
+                   "outputs": list(names)}
+        save_run_config(out, config, extra=summary, json_path=out / "segment.json")
+    finally:
+        spool_path.unlink(missing_ok=True)  # the spool never outlives the run, failed or not
     return summary
 
 
