@@ -353,6 +353,67 @@ def test_write_tile_dataset_pairs_and_types(tmp_path):
     assert sorted(p.name for p in (out / "images").iterdir()) == ["s8_00000_A.png"]
 
 
+def test_ground_density_darkens_stroma_not_nuclei_or_layout():
+    from pathgen.data.tissue import TissueParams
+
+    plain = synth.render_tile(128, seed=4, site="A")
+    dense = synth.render_tile(128, seed=4, site="A", params=TissueParams(ground_h=4.0, ground_e=2.5))
+    np.testing.assert_array_equal(plain.instances, dense.instances)
+    np.testing.assert_array_equal(plain.classes, dense.classes)
+    # away from nuclei (beyond the optical blur), stroma densities are the plain ones times the multipliers
+    from scipy import ndimage as ndi
+
+    far = ~ndi.binary_dilation(plain.instances > 0, iterations=4) & (plain.concentrations[..., 1] > 0.05)
+    assert far.sum() > 500
+    ratio_h = np.median(dense.concentrations[far, 0] / np.maximum(plain.concentrations[far, 0], 1e-6))
+    ratio_e = np.median(dense.concentrations[far, 1] / np.maximum(plain.concentrations[far, 1], 1e-6))
+    assert ratio_h == pytest.approx(4.0, rel=0.1) and ratio_e == pytest.approx(2.5, rel=0.1)
+    # nuclei keep their own haematoxylin on top of the denser ground: still the darkest structures
+    nuc = dense.instances > 0
+    assert np.median(dense.concentrations[nuc, 0]) > 2 * np.median(dense.concentrations[far, 0])
+
+
+def test_dataset_ground_max_draws_recorded_factors(tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    from pathgen.data.tissue import TissueParams
+
+    out = tmp_path / "dense"
+    names = synth.write_tile_dataset(out, 3, seed=9, size=48, ground_max=(5.0, 3.0), clefts_max=0.8)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["ground_max"] == [5.0, 3.0] and meta["clefts_max"] == 0.8
+    assert all(0.0 <= t["stroma_clefts"] <= 0.8 for t in meta["tiles"])
+    grounds = [t["ground"] for t in meta["tiles"]]
+    assert all(1.0 <= h <= 5.0 and 1.0 <= e <= 3.0 for h, e in grounds)
+    assert len({tuple(g) for g in grounds}) == 3  # each tile its own density
+    for name, t in zip(names, meta["tiles"]):
+        params = dataclasses.replace(TissueParams(), ground_h=t["ground"][0], ground_e=t["ground"][1],
+                                     stroma_clefts=t["stroma_clefts"])
+        expect = synth.render_tile(48, t["seed"], t["site"], params=params)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / f"{name}.png")), expect.image)
+    again = synth.write_tile_dataset(tmp_path / "again", 3, seed=9, size=48, ground_max=(5.0, 3.0),
+                                     clefts_max=0.8)
+    assert again == names
+    assert json.loads((tmp_path / "again" / "dataset.json").read_text())["tiles"][0]["ground"] == grounds[0]
+    with pytest.raises(PathgenError, match="ground_max"):
+        synth.write_tile_dataset(tmp_path / "bad", 1, ground_max=(0.5, 2.0))
+    with pytest.raises(PathgenError, match="clefts_max"):
+        synth.write_tile_dataset(tmp_path / "bad", 1, clefts_max=1.5)
+
+
+def test_stroma_clefts_clear_stroma_only():
+    from pathgen.data.tissue import TissueParams
+
+    plain = synth.render_tile(128, seed=4, site="A")
+    cleft = synth.render_tile(128, seed=4, site="A", params=TissueParams(stroma_clefts=1.0))
+    np.testing.assert_array_equal(plain.instances, cleft.instances)
+    ratio = cleft.concentrations[..., 1] / np.maximum(plain.concentrations[..., 1], 1e-6)
+    assert ratio.max() <= 1.0 + 1e-5  # clefts only ever remove stain
+    assert (ratio < 0.3).mean() > 0.01  # and open real clear spaces
+
+
 def test_dataset_bad_arguments(tmp_path):
     with pytest.raises(PathgenError, match="unknown site"):
         synth.write_tile_dataset(tmp_path / "d", 2, sites="A,Z")
@@ -377,6 +438,13 @@ def test_cli_synth_tiles_and_slide(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "unknown site 'Q'" in err and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+    rc = main(["data", "synth-tiles", "-o", str(tmp_path / "dense"), "-n", "1", "--size", "32", "--ground-max", "4,2",
+               "--quiet"])
+    assert rc == 0
+    assert json.loads((tmp_path / "dense" / "dataset.json").read_text())["ground_max"] == [4.0, 2.0]
+    rc = main(["data", "synth-tiles", "-o", str(tmp_path / "bad2"), "-n", "1", "--ground-max", "four"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--ground-max" in err and "Traceback" not in err
 
     slide = tmp_path / "s.svs"
     rc = main(["data", "synth-slide", "-o", str(slide), "--width", "600", "--height", "400", "--seed", "3",

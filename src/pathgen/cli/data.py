@@ -31,11 +31,24 @@ def synth_tiles(
                                                  "A,B,C,D,E)."),
     mpp: float = typer.Option(0.5, "--mpp", help="Microns per pixel (0.5 ≈ 20x)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    ground_max: str = typer.Option("", "--ground-max", help="H,E: per tile, stroma and cytoplasm densities are "
+                                   "multiplied by factors drawn log-uniformly from [1, H] and [1, E] (e.g. 5,3 "
+                                   "for the dense, dark tissue of many real slides)."),
+    clefts_max: float = typer.Option(0.0, "--clefts-max", min=0.0, max=1.0, help="Per tile, clear clefts between "
+                                     "collagen bundles open by a share drawn from [0, this] (dermis-like stroma)."),
 ) -> None:
     """Write an annotated procedural H&E tile dataset (image, instance map, class map per tile)."""
     from pathgen.data.synth import write_tile_dataset
+    from pathgen.errors import PathgenError
 
-    names = write_tile_dataset(out, n, seed=seed, size=size, sites=sites or None, overwrite=overwrite, mpp=mpp)
+    ground = None
+    if ground_max:
+        try:
+            ground = tuple(float(v) for v in ground_max.split(","))
+        except ValueError:
+            raise PathgenError(f"--ground-max must be two numbers H,E, got {ground_max!r}") from None
+    names = write_tile_dataset(out, n, seed=seed, size=size, sites=sites or None, overwrite=overwrite, mpp=mpp,
+                               ground_max=ground, clefts_max=clefts_max)
     typer.echo(f"wrote {len(names)} tiles to {out}")
 
 

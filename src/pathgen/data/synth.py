@@ -136,12 +136,18 @@ def _resolve_sites(sites) -> list[str]:
 
 def write_tile_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, size: int = 256,
                        sites: Sequence[str] | str | None = None, overwrite: bool = False, mpp: float = 0.5,
-                       params: TissueParams | None = None) -> list[str]:
+                       params: TissueParams | None = None,
+                       ground_max: tuple[float, float] | None = None, clefts_max: float = 0.0) -> list[str]:
     """Write an annotated dataset of ``n`` procedural tiles, atomically.
 
     Layout: ``images/NAME.png`` (RGB), ``instances/NAME.tif`` (int32, zlib), ``classes/NAME.png`` (uint8, 0..6),
     paired by NAME = ``s{seed}_{i:05d}_{site}``, plus ``dataset.json`` (seed, sites, size, mpp, class names, each
     tile's name/seed/site, stain definitions, library versions). Sites cycle over ``sites`` (default all).
+
+    ``ground_max = (h, e)`` gives every tile its own density of stroma and cytoplasm: the ``ground_h`` and
+    ``ground_e`` multipliers of :class:`TissueParams` are drawn log-uniformly from ``[1, h]`` and ``[1, e]``
+    (from the tile's seed, so the tissue layout is unchanged) and recorded with the tile. ``clefts_max > 0``
+    likewise draws each tile's ``stroma_clefts`` uniformly from ``[0, clefts_max]``.
 
     Returns
     -------
@@ -158,6 +164,13 @@ def write_tile_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, size: 
     n = _check_size(n, "n")
     size = _check_size(size)
     site_names = _resolve_sites(sites)
+    base = params or TissueParams()
+    if ground_max is not None:
+        ground_max = tuple(float(g) for g in ground_max)
+        if len(ground_max) != 2 or not all(np.isfinite(g) and g >= 1.0 for g in ground_max):
+            raise PathgenError(f"ground_max must be two factors >= 1 (haematoxylin, eosin), got {ground_max}")
+    if not 0.0 <= clefts_max <= 1.0:
+        raise PathgenError(f"clefts_max must lie in 0..1, got {clefts_max}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PathgenError("output path exists and is not a folder", out)
@@ -172,14 +185,26 @@ def write_tile_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, size: 
             for i in range(n):
                 site = site_names[i % len(site_names)]
                 ts = tile_seed(seed, i)
-                t = render_tile(size, ts, site, mpp, params)
+                tile_params = base
+                u = np.random.default_rng([ts, 7]).uniform(0.0, 1.0, 3)
+                if ground_max is not None:
+                    tile_params = dataclasses.replace(tile_params, ground_h=float(ground_max[0] ** u[0]),
+                                                      ground_e=float(ground_max[1] ** u[1]))
+                if clefts_max > 0:
+                    tile_params = dataclasses.replace(tile_params, stroma_clefts=float(clefts_max * u[2]))
+                t = render_tile(size, ts, site, mpp, tile_params)
                 name = f"s{seed}_{i:05d}_{site}"
                 Image.fromarray(t.image).save(tmp / "images" / f"{name}.png", format="PNG")
                 tifffile.imwrite(tmp / "instances" / f"{name}.tif", t.instances, compression="zlib")
                 Image.fromarray(t.classes).save(tmp / "classes" / f"{name}.png", format="PNG")
                 names.append(name)
-                tiles.append({"name": name, "seed": ts, "site": site, "instances": int(t.instances.max()),
-                              "class_counts": _class_counts(t.instances, t.classes)})
+                entry = {"name": name, "seed": ts, "site": site, "instances": int(t.instances.max()),
+                         "class_counts": _class_counts(t.instances, t.classes)}
+                if ground_max is not None:
+                    entry["ground"] = [tile_params.ground_h, tile_params.ground_e]
+                if clefts_max > 0:
+                    entry["stroma_clefts"] = tile_params.stroma_clefts
+                tiles.append(entry)
                 bar.advance(1)
         write_json_atomic(tmp / "dataset.json", {
             "generator": "pathgen.data.synth.write_tile_dataset",
@@ -187,7 +212,9 @@ def write_tile_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, size: 
             "classes": {str(i): c for i, c in enumerate(CLASS_NAMES)},
             "layout": {"images": "images/{name}.png", "instances": "instances/{name}.tif",
                        "classes": "classes/{name}.png"},
-            "tissue_params": to_jsonable(params or TissueParams()),
+            "tissue_params": to_jsonable(base),
+            "ground_max": list(ground_max) if ground_max is not None else None,
+            "clefts_max": float(clefts_max),
             "site_stains": {name: _site_json(get_site(name)) for name in site_names},
             "tiles": tiles,
             "versions": versions(),

@@ -35,7 +35,7 @@ NEUTROPHIL, EPITHELIAL, LYMPHOCYTE, PLASMA, EOSINOPHIL, CONNECTIVE = 1, 2, 3, 4,
 
 # Noise streams: one per independent random quantity.
 _S_TISSUE, _S_GLANDFIELD, _S_INFLAM, _S_FIBRE_DENS, _S_WARP, _S_FINE = range(1, 7)
-_S_GLAND, _S_GLAND_NUC, _S_NUC, _S_RBC, _S_ANGLE, _S_ACUTE, _S_LOOSE, _S_BREAKS = range(20, 28)
+_S_GLAND, _S_GLAND_NUC, _S_NUC, _S_RBC, _S_ANGLE, _S_ACUTE, _S_LOOSE, _S_BREAKS, _S_CLEFTS = range(20, 29)
 
 # Extents that bound how far any object reaches from its centre and how far nuclei interact (µm).
 _MAX_EXTENT_UM = 11.0
@@ -68,6 +68,13 @@ class TissueParams:
         Mean nuclei density in lamina propria before inflammation modulation.
     aggregate_quantile : float
         Inflammation-field quantile above which lymphoid aggregates form.
+    ground_h, ground_e : float
+        Multipliers of the haematoxylin and eosin densities of everything but nuclei (stroma, cytoplasm, lumen
+        content). 1 is the generator's pale colon mucosa; real slides often show stroma and epithelium two to
+        five times denser (deep red collagen, purple squamous cytoplasm), which a nucleus model must not read
+        as nuclei.
+    stroma_clefts : float
+        0..1: how far clear clefts open between collagen bundles (dermis-like stroma: dark bundles on white).
     """
 
     tissue_fraction: float = 0.93
@@ -78,6 +85,9 @@ class TissueParams:
     gland_probability: float = 0.75
     stroma_density: float = 4.5
     aggregate_quantile: float = 0.9
+    ground_h: float = 1.0
+    ground_e: float = 1.0
+    stroma_clefts: float = 0.0
 
     def threshold(self) -> float:
         if self.tissue_threshold is not None:
@@ -653,6 +663,12 @@ class TissuePlane:
         conc[..., 0] = 0.06 + 0.05 * loose + 0.015 * med
         conc[..., 1] = 0.1 + 0.25 * loose + 0.55 * fibres * fd + 0.04 * med
         conc[..., 2] = 0.02
+        if self.params.stroma_clefts > 0:
+            # clear spaces between bundles: the troughs of the fibre stripes, opened where a noise field allows
+            trough = (0.5 - 0.5 * np.cos(2 * np.pi * phase)).astype(np.float32) ** 6
+            opened = np.clip(2.5 * grid(lambda y, x: noise.fbm(self.seed, _S_CLEFTS, y, x, 20.0, octaves=2)) - 0.9,
+                             0.0, 1.0).astype(np.float32)
+            conc[..., :2] *= (1.0 - self.params.stroma_clefts * np.clip(2.0 * trough * opened, 0.0, 1.0))[..., None]
 
         # Crypts: epithelial band, lumen, basement membrane.
         glands = self.glands_in(y_um[0] - 1, x_um[0] - 1, y_um[-1] + 1, x_um[-1] + 1)
@@ -691,6 +707,9 @@ class TissuePlane:
         for c in cells:
             for cyto in c.cyto:
                 self._draw_cyto(conc, c, cyto, cy0, cx0, fine, med)
+        if self.params.ground_h != 1.0 or self.params.ground_e != 1.0:
+            conc[..., 0] *= self.params.ground_h
+            conc[..., 1] *= self.params.ground_e
         # Pass 2: nuclei add haematoxylin on top (overlaps look darker); later draws own the pixel.
         nuclei = [c for c in cells if c.cls]
         classes_of.extend(c.cls for c in nuclei)

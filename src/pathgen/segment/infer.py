@@ -89,7 +89,7 @@ def forward_padded(model: HoVerNet, images: torch.Tensor) -> dict[str, torch.Ten
 
 
 def predict_maps(model: HoVerNet, images: np.ndarray, device: str | torch.device | None = None,
-                 batch_size: int = 8) -> HoVerNetMaps:
+                 batch_size: int | None = None) -> HoVerNetMaps:
     """Probability and distance maps of RGB tiles.
 
     Parameters
@@ -99,8 +99,10 @@ def predict_maps(model: HoVerNet, images: np.ndarray, device: str | torch.device
     images : (N, H, W, 3) or (H, W, 3) uint8 ndarray
     device : torch device, optional
         Defaults to the model's device.
-    batch_size : int
-        Tiles per forward pass.
+    batch_size : int, optional
+        Tiles per forward pass. Default: 1 on CPU, 8 elsewhere. On a CPU one tile at a time is as fast or faster
+        (measured 8.8 s vs 13.2 s for four 640² tiles, one thread) and the activations of one tile (about 240 MB
+        at 640² for the small preset) are all that sits in memory per worker thread.
 
     Returns
     -------
@@ -109,6 +111,8 @@ def predict_maps(model: HoVerNet, images: np.ndarray, device: str | torch.device
     arr = _as_batch(images)
     if device is None:
         device = next(model.parameters()).device
+    if batch_size is None:
+        batch_size = 1 if torch.device(device).type == "cpu" else 8
     model.eval()
     np_out, hv_out, tp_out = [], [], []
     with torch.inference_mode():
@@ -140,7 +144,8 @@ def nuclei_from_maps(maps: HoVerNetMaps, index: int, postprocess: PostProcessCon
 
 
 def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.device | None = None,
-                       postprocess: PostProcessConfig | None = None, batch_size: int = 8) -> BatchSegmentation:
+                       postprocess: PostProcessConfig | None = None, batch_size: int | None = None
+                       ) -> BatchSegmentation:
     """Segment and type the nuclei of a batch of RGB tiles.
 
     Parameters
@@ -151,8 +156,8 @@ def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.d
     device : torch device, optional
     postprocess : PostProcessConfig, optional
         Default: the settings stored with the model (``model.postprocess``), else the reference's.
-    batch_size : int
-        Tiles per forward pass.
+    batch_size : int, optional
+        Tiles per forward pass (default as in :func:`predict_maps`).
 
     Returns
     -------
