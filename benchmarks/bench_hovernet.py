@@ -28,6 +28,9 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=40, help="number of tiles")
     ap.add_argument("--size", type=int, default=256, help="tile side (px)")
     ap.add_argument("--sites", default="A,B,C,D,E", help="sites to cycle over")
+    ap.add_argument("--ground-max", default="", help="H,E: denser stroma/cytoplasm per tile, as `pathgen data "
+                    "synth-tiles --ground-max`")
+    ap.add_argument("--clefts-max", type=float, default=0.0, help="stroma clefts per tile, as `synth-tiles`")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
@@ -40,7 +43,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pathgen.data.synth import render_tile, tile_seed
+    from pathgen.data.synth import render_tile, tile_seed, varied_params
+    from pathgen.data.tissue import TissueParams
     from pathgen.metrics import instance_scores, mpq_plus_conic
     from pathgen.segment.checkpoint import load_model
     from pathgen.segment.infer import nuclei_from_maps, predict_maps, segment_tile_batch
@@ -48,7 +52,9 @@ def main() -> None:
 
     model = load_model(args.model)
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
-    tiles = [render_tile(args.size, tile_seed(args.seed, i), sites[i % len(sites)], model.config.mpp)
+    ground = tuple(float(v) for v in args.ground_max.split(",")) if args.ground_max else None
+    tiles = [render_tile(args.size, tile_seed(args.seed, i), sites[i % len(sites)], model.config.mpp,
+                         varied_params(TissueParams(), tile_seed(args.seed, i), ground, args.clefts_max))
              for i in range(args.n)]
     images = np.stack([t.image for t in tiles])
 
@@ -88,7 +94,9 @@ def main() -> None:
              f"{model.config.nr_types} TP channels, {model.config.mpp} µm/px); post-processing stored with it: "
              f"{pp_text}",
              f"- held-out tiles: {args.n} x {args.size}² px from `write_tile_dataset(seed={args.seed})` seeds, sites "
-             f"{','.join(sites)}; {n_true} true / {n_pred} predicted nuclei",
+             f"{','.join(sites)}"
+             + (f", ground_max {args.ground_max}, clefts_max {args.clefts_max}" if ground or args.clefts_max else "")
+             + f"; {n_true} true / {n_pred} predicted nuclei",
              f"- torch threads {args.threads}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", "",
              "| post-processing | PQ | DQ | SQ | AJI | AJI+ | Dice (DICE1) | mPQ+ (6 types) |",
              "|---|---|---|---|---|---|---|---|"]

@@ -266,3 +266,24 @@ def test_haematoxylin_sheets_darken_tissue_and_nuclear_jitter_touches_only_nucle
     # no nuclei: nothing to calibrate against, image returned as is
     assert vary_hematoxylin(img, np.zeros_like(inst), rng, 0.8, 0.5) is img
     assert "real" in AUGMENT_PRESETS and AUGMENT_PRESETS["real"].counterstain_h > 0
+
+
+def test_fibrous_ground_leaves_nuclei_and_textures_the_ground():
+    from scipy import ndimage as ndi
+
+    from pathgen.segment.data import fibrous_ground
+
+    sample = fake_tile(12, size=96)
+    img, inst = sample.image, sample.instances
+    out = fibrous_ground(img, inst, np.random.default_rng(3))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    # nuclei and a 1 px ring around them are untouched (labels stay exact)
+    keep = ndi.binary_dilation(inst > 0, iterations=1)
+    assert np.abs(out[keep].astype(int) - img[keep].astype(int)).max() <= 1
+    # the ground gains clefts (lighter) and bundles (darker), not a uniform shift
+    far = ~ndi.binary_dilation(inst > 0, iterations=5) & (img.mean(-1) < 230)
+    diff = out[far].astype(int).sum(-1) - img[far].astype(int).sum(-1)
+    assert (diff > 20).mean() > 0.05 and (diff < -20).mean() > 0.05
+    # same generator state, same texture
+    np.testing.assert_array_equal(out, fibrous_ground(img, inst, np.random.default_rng(3)))
+    assert AUGMENT_PRESETS["real-stroma"].fibre_texture > 0

@@ -35,7 +35,8 @@ def hovernet(
     augment: str = typer.Option("standard", "--augment",
                                 help="standard (flips, rotations, colour jitter) | strong (adds stain and blur "
                                      "jitter) | real (strong plus haematoxylin sheets over the tissue and pale "
-                                     "nuclei; for generated tiles meant for real slides) | none."),
+                                     "nuclei; for generated tiles meant for real slides) | real-stroma (real plus "
+                                     "fibrous, dermis-like ground) | none."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this HoVer-Net checkpoint (fine-tune; "
                                                              "its architecture replaces --preset)."),
     data_format: str = typer.Option("auto", "--format", help="auto | tiles | hovernet-mat | pannuke | conic."),

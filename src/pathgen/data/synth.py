@@ -134,6 +134,18 @@ def _resolve_sites(sites) -> list[str]:
     return [str(n) for n in sites]
 
 
+def varied_params(base: TissueParams, tile_seed: int, ground_max: tuple[float, float] | None = None,
+                  clefts_max: float = 0.0) -> TissueParams:
+    """``base`` with the per-tile density and clefts that :func:`write_tile_dataset` draws for a tile seed:
+    ``ground_h``, ``ground_e`` log-uniform in ``[1, ground_max]``, ``stroma_clefts`` uniform in ``[0, clefts_max]``."""
+    u = np.random.default_rng([int(tile_seed), 7]).uniform(0.0, 1.0, 3)
+    if ground_max is not None:
+        base = dataclasses.replace(base, ground_h=float(ground_max[0] ** u[0]), ground_e=float(ground_max[1] ** u[1]))
+    if clefts_max > 0:
+        base = dataclasses.replace(base, stroma_clefts=float(clefts_max * u[2]))
+    return base
+
+
 def write_tile_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, size: int = 256,
                        sites: Sequence[str] | str | None = None, overwrite: bool = False, mpp: float = 0.5,
                        params: TissueParams | None = None,
@@ -185,13 +197,7 @@ def write_tile_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, size: 
             for i in range(n):
                 site = site_names[i % len(site_names)]
                 ts = tile_seed(seed, i)
-                tile_params = base
-                u = np.random.default_rng([ts, 7]).uniform(0.0, 1.0, 3)
-                if ground_max is not None:
-                    tile_params = dataclasses.replace(tile_params, ground_h=float(ground_max[0] ** u[0]),
-                                                      ground_e=float(ground_max[1] ** u[1]))
-                if clefts_max > 0:
-                    tile_params = dataclasses.replace(tile_params, stroma_clefts=float(clefts_max * u[2]))
+                tile_params = varied_params(base, ts, ground_max, clefts_max)
                 t = render_tile(size, ts, site, mpp, tile_params)
                 name = f"s{seed}_{i:05d}_{site}"
                 Image.fromarray(t.image).save(tmp / "images" / f"{name}.png", format="PNG")

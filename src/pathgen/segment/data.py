@@ -295,6 +295,10 @@ class AugmentConfig:
         nuclear haematoxylin (see :func:`vary_hematoxylin`): purple cytoplasm and dense stroma are not nuclei.
     nuclear_h : float
         Each nucleus's haematoxylin multiplied by a factor drawn from 1 +- ``nuclear_h`` (pale, vesicular nuclei).
+    fibre_texture : float
+        With this probability, the ground between nuclei (not the nuclei) is modulated by a random fibrous
+        texture (see :func:`fibrous_ground`): wavy bundles with clear clefts and darker edges, like dermal
+        collagen, which a model trained on smooth generated stroma otherwise reads as spindle nuclei.
     stain_log_range : float
         When > 0, the haematoxylin and eosin factors of the stain jitter are drawn log-uniformly from
         ``exp(±stain_log_range)`` instead of 1 +- ``stain_scale``: real slides are often stained two to three
@@ -313,6 +317,7 @@ class AugmentConfig:
     counterstain_h: float = 0.0
     nuclear_h: float = 0.0
     stain_log_range: float = 0.0
+    fibre_texture: float = 0.0
 
 
 #: Named augmentation settings: ``standard`` (flips, rotations, mild colour jitter) and ``strong`` (adds stain
@@ -323,6 +328,10 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
                             stain_shift=0.15, blur=1.5),
     "real": AugmentConfig(brightness=0.1, contrast=0.3, saturation=0.3, hue=0.06, stain_scale=0.5,
                           stain_shift=0.15, blur=1.5, counterstain_h=1.0, nuclear_h=0.4, stain_log_range=1.0),
+    # "real" plus fibrous ground (dermis-like collagen); pair with denser generated ground (synth-tiles --ground-max)
+    "real-stroma": AugmentConfig(brightness=0.1, contrast=0.3, saturation=0.3, hue=0.06, stain_scale=0.5,
+                                 stain_shift=0.15, blur=1.5, counterstain_h=1.0, nuclear_h=0.4, stain_log_range=1.0,
+                                 fibre_texture=0.5),
 }
 
 
@@ -422,6 +431,40 @@ def vary_hematoxylin(image: np.ndarray, instances: np.ndarray, rng: np.random.Ge
     return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
 
 
+def fibrous_ground(image: np.ndarray, instances: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Modulate the optical density of the ground (pixels away from nuclei) of an (H, W, 3) uint8 image by a random
+    fibrous texture; uint8 out, nuclei untouched.
+
+    The texture is white noise smoothed along a random, slowly turning direction (4-16 px along, 1-3 px across),
+    mapped to bundles (OD × up to 1.8), clefts (OD × down to 0.15) and darker bundle edges. Near nuclei (a 3 px
+    smooth margin) the factor fades to 1, so nuclear outlines and labels stay exact.
+    """
+    from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates
+
+    h, w = instances.shape
+    along, across = rng.uniform(4, 16), rng.uniform(1, 3)
+    # smooth anisotropically in a frame rotated by a random angle, with a gentle warp so bundles wave
+    angle = rng.uniform(0, np.pi)
+    pad = int(2 * max(h, w))
+    noise = gaussian_filter(rng.standard_normal((pad, pad)).astype(np.float32), (across, along))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    warp = gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 12) * rng.uniform(20, 60)
+    c, s_ = np.cos(angle), np.sin(angle)
+    u = c * (yy - h / 2) - s_ * (xx - w / 2) + pad / 2 + warp
+    v = s_ * (yy - h / 2) + c * (xx - w / 2) + pad / 2
+    tex = map_coordinates(noise, [u, v], order=1, mode="wrap")
+    tex /= tex.std() + 1e-6
+    bundles = np.clip(0.5 + 0.5 * tex, 0.0, 1.0)
+    edges = np.exp(-(tex / 0.35) ** 2)  # zero crossings of the texture: bundle borders
+    clefts = np.clip(-tex - rng.uniform(0.2, 1.2), 0.0, 1.0)
+    factor = (0.5 + 1.3 * bundles) * (1.0 + rng.uniform(0.0, 0.6) * edges) * (1.0 - 0.85 * clefts)
+    near = distance_transform_edt(instances == 0) if (instances > 0).any() else np.full((h, w), 1e3)
+    fade = np.clip((near - 1.0) / 3.0, 0.0, 1.0)
+    factor = 1.0 + (factor - 1.0) * fade * rng.uniform(0.5, 1.0)
+    od = -np.log((image.astype(np.float32) + 1.0) / 256.0) * factor[..., None].astype(np.float32)
+    return np.clip(np.rint(256.0 * np.exp(-od) - 1.0), 0, 255).astype(np.uint8)
+
+
 def _cell_sheet_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A (H, W) float32 texture in [0.3, 1.3] of Voronoi cells 16-48 px across, each with its own intensity, and
     paler borders between them."""
@@ -467,6 +510,8 @@ def random_patch(sample: NucleiSample, size: int, rng: np.random.Generator,
     if augment is not None:
         if augment.counterstain_h > 0 or augment.nuclear_h > 0:
             image = vary_hematoxylin(image, arrays[1], rng, augment.counterstain_h, augment.nuclear_h)
+        if augment.fibre_texture > 0 and rng.random() < augment.fibre_texture:
+            image = fibrous_ground(image, arrays[1], rng)
         if augment.stain_scale > 0 or augment.stain_shift > 0 or augment.stain_log_range > 0:
             image = jitter_stains(image, rng, augment.stain_scale, augment.stain_shift, augment.stain_log_range)
         image = jitter_colour(image, rng, augment)
