@@ -319,3 +319,24 @@ def test_segment_tile_batch_on_odd_sizes():
     default = segment_tile_batch(model, batch)
     for a, b in ((default.maps.np_prob, res.maps.np_prob), (default.maps.hv, res.maps.hv)):
         np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+def test_nucleus_whose_pixels_all_vote_background_gets_its_most_probable_type():
+    from pathgen.segment.infer import HoVerNetMaps, nuclei_from_maps
+
+    h = w = 32
+    np_prob = np.zeros((1, h, w), np.float32)
+    np_prob[0, 8:16, 8:16] = 1.0  # one nucleus
+    np_prob[0, 20:28, 20:28] = 1.0  # and another
+    hv = np.zeros((1, 2, h, w), np.float32)
+    tp = np.zeros((1, 4, h, w), np.float32)
+    tp[0, 0] = 1.0
+    tp[0, 0, 8:16, 8:16], tp[0, 2, 8:16, 8:16], tp[0, 3, 8:16, 8:16] = 0.5, 0.2, 0.3  # background wins every pixel
+    tp[0, 0, 20:28, 20:28], tp[0, 1, 20:28, 20:28] = 0.2, 0.8  # a plain type-1 nucleus
+    res = nuclei_from_maps(HoVerNetMaps(np_prob, hv, tp), 0)
+    assert res.instances.max() == 2
+    by_pos = {int(res.instances[12, 12]): 3, int(res.instances[24, 24]): 1}
+    for label, want in by_pos.items():
+        assert res.types[label - 1] == want
+    assert res.type_probs[int(res.instances[12, 12]) - 1] == pytest.approx(0.3)
+    assert ((res.instances > 0) == (res.class_map() > 0)).all()

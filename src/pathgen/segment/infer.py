@@ -140,6 +140,17 @@ def nuclei_from_maps(maps: HoVerNetMaps, index: int, postprocess: PostProcessCon
         return TileNuclei(inst, np.zeros(n, np.int32), np.ones(n, np.float32))
     tp = maps.tp_prob[index]
     types, probs = instance_types(inst, np.argmax(tp, axis=0), nr_types=tp.shape[0])
+    untyped = np.flatnonzero(types == 0)
+    if len(untyped) and tp.shape[0] > 1:
+        # NP decided these are nuclei but every pixel's TP argmax is background: give them the nucleus type with the
+        # highest mean probability over the instance (and that mean as probability), so class maps never show a
+        # nucleus as background
+        sel = inst > 0
+        area = np.bincount(inst[sel], minlength=n + 1)
+        means = np.stack([np.bincount(inst[sel], weights=tp[k][sel], minlength=n + 1) for k in range(1, tp.shape[0])])
+        means = means[:, untyped + 1] / np.maximum(area[untyped + 1], 1)
+        types[untyped] = np.argmax(means, axis=0) + 1
+        probs[untyped] = means.max(axis=0)
     return TileNuclei(inst, types, probs)
 
 
