@@ -94,3 +94,74 @@ def test_generated_masks_decode_into_distinct_instances(scheduler):
             assert ndi.label(region, structure=four)[1] == 1  # one connected piece per id
             assert len(np.unique(cls[region])) == 1 and cls[region][0] > 0  # one type per nucleus
         assert np.all(cls[inst == 0] == 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-channel means ("DC"): the shipped maskgen_small (16 channels, max_groups 32) had a GroupNorm of one channel per
+# group in front of its output, so ε̂'s per-channel mean could follow neither the input's mean nor t. Sampling from
+# noise then never built up the class channels' means (background ≈ +0.7, nucleus types ≈ −0.95) and ~3/4 of the
+# pixels decoded as fragments of nuclei, whatever the scheduler.
+
+
+def _dc_response(cfg):
+    """(|Δ mean ε̂| for a per-channel input shift, |mean ε̂(t=100) − mean ε̂(t=900)|) with all weights non-zero."""
+    torch.manual_seed(0)
+    unet = MaskGenUNet(cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.ndim > 1 and not p.abs().sum():  # the zero-initialised output layers: make them non-trivial
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        n = cfg.image_size
+        x = torch.randn(4, MASK_CHANNELS, n, n, generator=gen)
+        pres = torch.zeros(4, 7)
+        pres[:, 0] = 1
+        shift = torch.linspace(-0.5, 0.5, MASK_CHANNELS).view(1, -1, 1, 1)
+        t100, t900 = torch.full((4,), 100), torch.full((4,), 900)
+        base = unet(x, t100, pres)[:, :MASK_CHANNELS]
+        moved = unet(x + shift, t100, pres)[:, :MASK_CHANNELS]
+        late = unet(x, t900, pres)[:, :MASK_CHANNELS]
+    follows_input = float((moved - base).mean(dim=(0, 2, 3)).abs().mean())
+    follows_t = float((base - late).mean(dim=(2, 3)).abs().mean())
+    return follows_input, follows_t
+
+
+def test_old_small_architecture_could_not_produce_channel_means():
+    from dataclasses import replace
+
+    old = replace(preset_config("small"), max_groups=32, dc_path=False)  # maskgen_small's config.json
+    follows_input, follows_t = _dc_response(old)
+    assert follows_input < 0.02 and follows_t < 0.02  # an input shift of ±0.5 (mean |0.29|) is all but erased
+
+
+@pytest.mark.parametrize("preset", ["small", "tiny"])
+def test_presets_let_the_output_mean_follow_input_mean_and_timestep(preset):
+    follows_input, follows_t = _dc_response(preset_config(preset))
+    assert follows_input > 0.1 and follows_t > 0.05
+
+
+@pytest.mark.parametrize("preset", ["small", "tiny"])
+def test_no_groupnorm_in_the_presets_is_a_per_channel_norm(preset):
+    norms = [m for m in MaskGenUNet(preset_config(preset)).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels // m.num_groups >= 2 for m in norms)
+
+
+def test_dc_path_starts_at_zero_and_old_configs_load_without_it():
+    from dataclasses import replace
+
+    from pathgen.maskgen.unet import MaskGenConfig
+
+    cfg = preset_config("tiny")
+    torch.manual_seed(0)
+    with_dc = MaskGenUNet(cfg).eval()
+    torch.manual_seed(0)
+    without = MaskGenUNet(replace(cfg, dc_path=False)).eval()
+    assert with_dc.dc_bias is not None and without.dc_bias is None
+    missing, unexpected = with_dc.load_state_dict(without.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("dc_bias", "dc_gain")) for k in missing)
+    x, t, pres = torch.randn(2, MASK_CHANNELS, 16, 16), torch.tensor([3, 700]), torch.ones(2, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(with_dc(x, t, pres), without(x, t, pres))  # same weights, zero DC path
+    old = cfg.to_dict()
+    del old["dc_path"]  # a config.json written before the field existed
+    assert MaskGenConfig.from_dict(old).dc_path is False

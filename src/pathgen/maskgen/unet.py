@@ -4,6 +4,17 @@ As specified (METHODS.md §4.1): the multi-hot presence vector (7 entries, backg
 linear layer" and is added to the timestep embedding; the backbone is an improved-diffusion U-Net "enhanced with
 attention mechanisms" — residual blocks with timestep scale-shift, self-attention at low resolutions — with
 learned variance (output ``2 × 8`` channels: ε then ``v``). The null condition for guidance is the all-zero vector.
+
+Per-channel means ("DC"). Every GroupNorm removes the spatial mean of each of its groups, and with 16 channels and
+up to 32 groups (the small preset before this was fixed) every group is a single channel: the output layer's
+GroupNorm then erases each feature's spatial mean, so ε̂'s per-channel mean can depend neither on the input's
+per-channel mean nor on ``t``. Training hardly notices (the per-channel mean of the true ε over a 32 × 32 crop has
+variance 1/1024), but sampling from noise must *create* the class channels' means (background ≈ +0.7, each nucleus
+type ≈ −0.95 on [−1, 1] one-hot data): without them every class stays equally likely and argmax decoding turns
+~6/7 of the pixels into fragments of nuclei. Two remedies, both in the presets: ``max_groups`` small enough that
+every GroupNorm group holds at least two channels, and ``dc_path`` — a zero-initialised per-sample affine map
+``ε̂_dc = A(emb)·mean(x) + b(emb)`` (``emb`` = timestep + presence embedding) added per channel to the output,
+so the mean of ε̂ can follow the input's mean, the timestep and the requested types directly.
 """
 
 from __future__ import annotations
@@ -37,17 +48,19 @@ class MaskGenConfig(UNetGeometry):
     dropout: float = 0.0
     resblock_updown: bool = True
     max_groups: int = 32
+    dc_path: bool = False  # False for checkpoints written before it existed (their config.json lacks the key)
 
 
 PRESETS: dict[str, MaskGenConfig] = {
     # MaskDiff's expert-review run: 128 px, 128 channels, 3 res-blocks (improved-diffusion defaults otherwise).
     "paper": MaskGenConfig(image_size=128, model_channels=128, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=3,
-                           attention_resolutions=(16, 8), num_head_channels=64),
-    # CPU-trainable: 32 px masks, 4 levels, attention at 8 and 4 px.
+                           attention_resolutions=(16, 8), num_head_channels=64, dc_path=True),
+    # CPU-trainable: 32 px masks, 4 levels, attention at 8 and 4 px; 8 GroupNorm groups, so a 16-channel
+    # GroupNorm has 2 channels per group instead of degenerating into a per-channel (instance) norm.
     "small": MaskGenConfig(image_size=32, model_channels=16, channel_mult=(1, 2, 4, 4), num_res_blocks=1,
-                           attention_resolutions=(8, 4), num_head_channels=32),
+                           attention_resolutions=(8, 4), num_head_channels=32, max_groups=8, dc_path=True),
     "tiny": MaskGenConfig(image_size=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                          attention_resolutions=(8,), num_head_channels=16, max_groups=8),
+                          attention_resolutions=(8,), num_head_channels=16, max_groups=8, dc_path=True),
 }
 
 
@@ -105,6 +118,12 @@ class MaskGenUNet(nn.Module):
                 self.decoder.append(nn.ModuleList(layers))
         self.out = nn.Sequential(nn.GroupNorm(group_count(ch, g), ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+        # Built last so the other layers' initial weights do not depend on it; zero at initialisation.
+        if cfg.dc_path:
+            self.dc_bias = zero_module(nn.Linear(emb_dim, cfg.out_channels))
+            self.dc_gain = zero_module(nn.Linear(emb_dim, cfg.out_channels * cfg.in_channels))
+        else:
+            self.dc_bias = self.dc_gain = None
 
     @staticmethod
     def _run(layers, h, emb):
@@ -130,4 +149,9 @@ class MaskGenUNet(nn.Module):
         h = self._run(self.middle, h, emb)
         for layers in self.decoder:
             h = self._run(layers, torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        out = self.out(h)
+        if self.dc_bias is not None:
+            gain = self.dc_gain(emb).reshape(x.shape[0], cfg.out_channels, cfg.in_channels)
+            dc = self.dc_bias(emb) + torch.einsum("boi,bi->bo", gain, x.mean(dim=(-2, -1)))
+            out = out + dc[:, :, None, None]
+        return out
