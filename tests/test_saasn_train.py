@@ -16,7 +16,7 @@ from pathgen.saasn.checkpoint import load_tensors
 from pathgen.saasn.data import DataConfig, TileFolder, UnpairedData
 from pathgen.saasn.losses import LossConfig
 from pathgen.saasn.networks import preset
-from pathgen.saasn.train import lr_factor, train_preset, train_saasn
+from pathgen.saasn.train import TrainConfig, cycle_weight, lr_factor, train_preset, train_saasn
 
 torch.set_num_threads(1)
 
@@ -90,6 +90,44 @@ def test_tiny_training_moves_both_losses_and_writes_the_run(sites, tmp_path):
     assert grid.shape == (2 * 2 * 32, 3 * 32, 3)  # (x, y) blocks of `preview` rows; 3 columns
     with pytest.raises(PathgenError):
         train_saasn(run, _data(sites), preset("tiny"), LossConfig(), train, quiet=True)  # not empty, no resume
+
+
+def test_cycle_weight_warm_up_schedule():
+    assert [cycle_weight(10.0, s, 4) for s in range(6)] == pytest.approx([0, 2.5, 5, 7.5, 10, 10])
+    assert cycle_weight(10.0, 0, 0) == 10.0
+    assert train_preset("small").cycle_warmup_steps == 0  # the text's recipe
+    assert train_preset("small-colour").cycle_warmup_steps > 0
+    with pytest.raises(PathgenError):
+        TrainConfig(cycle_warmup_steps=-1)
+
+
+def _colour_run(sites, tmp_path, name, warmup):
+    from dataclasses import replace
+
+    train = train_preset("tiny")
+    train.epochs, train.steps_per_epoch, train.batch_size, train.cycle_warmup_steps = 1, 10, 2, warmup
+    train.lr = 2e-3
+    run = tmp_path / name
+    model = replace(preset("tiny"), colour_transform=True)
+    train_saasn(run, _data(sites), model, LossConfig(), train, quiet=True)
+    from pathgen.saasn.checkpoint import load_generator
+
+    g, _ = load_generator(run, device="cpu")
+    x = torch.from_numpy(UnpairedData(_data(sites), 32).sample_x(4, np.random.default_rng(5))[0])
+    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        deviation = (g(x) - x).abs().mean().item()
+    return _rows(run), deviation
+
+
+def test_colour_head_leaves_the_identity_with_the_cycle_warm_up(sites, tmp_path):
+    """A tiny colour-transform SAASN: with the L1 cycle weight warmed up (here α ≤ 1 for all 10 steps) the X→Y
+    generator moves off the identity more than twice as far as with the full α from the first step."""
+    rows, warm = _colour_run(sites, tmp_path, "warm", warmup=100)
+    assert [float(r["alpha"]) for r in rows] == pytest.approx([s / 10 for s in range(10)], rel=1e-5)
+    rows, cold = _colour_run(sites, tmp_path, "cold", warmup=0)
+    assert {float(r["alpha"]) for r in rows} == {10.0}
+    assert warm > 1e-3 and warm > 2 * cold
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(sites, tmp_path):

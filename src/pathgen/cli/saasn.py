@@ -28,7 +28,8 @@ def train_saasn_command(
         None, "--target", "-t", help="The target site: folder of tiles or a slide (repeat to pool several)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder (generators, resume state, losses.csv, "
                                                             "samples/)."),
-    preset: str = typer.Option("small", "--preset", help="tiny | small | paper (architecture and defaults)."),
+    preset: str = typer.Option("small", "--preset", help="tiny | small | small-colour | paper (architecture and "
+                                                         "defaults)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (default: the preset's; paper "
                                                                 "100, decay over the second half)."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch",
@@ -46,6 +47,9 @@ def train_saasn_command(
     ablation: bool = typer.Option(False, "--cyclegan", help="The ablation: CycleGAN objective (SAASN's SSIM "
                                                             "terms and boundary control off)."),
     attention: Optional[str] = typer.Option(None, "--attention", help="sdpa | matmul | none."),
+    cycle_warmup: Optional[int] = typer.Option(None, "--cycle-warmup",
+                                               help="Steps over which the L1 cycle weight rises from 0 to --alpha "
+                                                    "(default: the preset's; 200 for small-colour, else 0)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Read slides at this resolution (µm/px)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, sampling, buffers)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
@@ -85,6 +89,8 @@ def train_saasn_command(
             tcfg.steps_per_epoch = steps_per_epoch
         if batch_size is not None:
             tcfg.batch_size = batch_size
+        if cycle_warmup is not None:
+            tcfg.cycle_warmup_steps = cycle_warmup
         tcfg.__post_init__()
     result = train_saasn(output, data, model, losses, tcfg, resume=resume, overwrite=overwrite, epochs=epochs,
                          stop_after=stop_after)

@@ -12,7 +12,7 @@ Run folder ``RUN``::
     run.json                   configurations, data, versions, command line
     config.json + generator.safetensors + generator_y2x.safetensors   latest generators (inference checkpoint)
     state/training.*           everything needed to resume exactly (see :mod:`pathgen.saasn.checkpoint`)
-    losses.csv                 one row per step: every loss term, learning rate, wall time
+    losses.csv                 one row per step: every loss term, learning rate, wall time, cycle weight
     samples/epoch_NNN.png      fixed preview crops through both generators in eval mode, after each epoch
 
 ``resume=True`` restarts after the last completed epoch with the same networks, optimiser moments, buffers and
@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from pathgen.saasn.losses import LossConfig, discriminator_losses, generator_los
 from pathgen.saasn.networks import SAASN, SAASNConfig, count_parameters, preset
 
 LOSS_COLUMNS = ("epoch", "step", "lr", "loss_g", "adv_g", "cycle", "scycle", "dssim", "identity", "loss_dx",
-                "loss_dy", "boundary", "seconds")
+                "loss_dy", "boundary", "seconds", "alpha")
 
 
 @dataclass
@@ -70,6 +70,14 @@ class TrainConfig:
         torch CPU threads (default: torch's choice).
     preview : int
         Crops per domain in the per-epoch sample grid.
+    cycle_warmup_steps : int
+        pathgen extension, 0 (off) in the text's recipe: the L1 cycle weight α rises linearly from 0 to its value
+        over the first this many steps (:func:`cycle_weight`). A generator that starts as the identity map (the
+        ``colour_transform`` head) sits at an exact zero of the L1 cycle loss, whose slope there does not vanish:
+        at the identity its gradient on the colour head is 50-100× the adversarial one (measured, see
+        ``benchmarks/RESULTS.md``), and with Adam, whose step is normalised by that gradient, the adversarial term
+        cannot move the generators off the identity. The warm-up lets the adversarial term start the recolouring;
+        from then on the text's α holds.
     """
 
     epochs: int = 100
@@ -84,6 +92,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     preview: int = 4
+    cycle_warmup_steps: int = 0
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -94,6 +103,8 @@ class TrainConfig:
             raise PathgenError(f"steps per epoch must be >= 1, got {self.steps_per_epoch}")
         if self.lr <= 0:
             raise PathgenError(f"learning rate must be positive, got {self.lr}")
+        if self.cycle_warmup_steps < 0:
+            raise PathgenError(f"cycle warm-up steps must be >= 0, got {self.cycle_warmup_steps}")
 
     @property
     def decay_epoch(self) -> int:
@@ -109,6 +120,9 @@ class TrainConfig:
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, preview=2),
     "small": TrainConfig(epochs=20, batch_size=4, preview=4),
+    # the colour-transform generators start at the identity: the L1 cycle weight is warmed up (TrainConfig)
+    "small-colour": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
+    "small-od": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
     "paper": TrainConfig(epochs=100, batch_size=16, preview=4),
 }
 
@@ -118,6 +132,14 @@ def train_preset(name: str) -> TrainConfig:
         return TrainConfig(**asdict(TRAIN_PRESETS[name]))
     except KeyError:
         raise PathgenError(f"unknown preset {name!r} (choose {', '.join(TRAIN_PRESETS)})") from None
+
+
+def cycle_weight(alpha: float, step: int, warmup_steps: int) -> float:
+    """The L1 cycle weight at 0-based global ``step``: ``alpha · min(1, step / warmup_steps)`` (``alpha`` when
+    there is no warm-up)."""
+    if warmup_steps <= 0:
+        return float(alpha)
+    return float(alpha) * min(1.0, step / warmup_steps)
 
 
 def lr_factor(epoch: int, epochs: int, decay_start: int) -> float:
@@ -303,9 +325,11 @@ def train_saasn(output: str | os.PathLike, data: DataConfig | None = None, model
                 yb = dataset.sample_y(train.batch_size, rng)
                 x, y = to_tensor(xb, device), to_tensor(yb, device)
 
+                alpha = cycle_weight(losses.alpha, epoch * steps + step, train.cycle_warmup_steps)
+                step_losses = losses if alpha == losses.alpha else replace(losses, alpha=alpha)
                 _set_requires_grad(net.discriminators(), False)
                 opt_g.zero_grad(set_to_none=True)
-                loss_g, terms, outs = generator_loss(net, x, y, losses)
+                loss_g, terms, outs = generator_loss(net, x, y, step_losses)
                 loss_g.backward()
                 opt_g.step()
 
@@ -320,7 +344,7 @@ def train_saasn(output: str | os.PathLike, data: DataConfig | None = None, model
                 row = {"epoch": epoch + 1, "step": step + 1, "lr": lr, "loss_g": loss_g.item(),
                        **{k: v.item() for k, v in terms.items()}, "loss_dx": loss_dx.item(),
                        "loss_dy": loss_dy.item(), "boundary": dterms["boundary"].item(),
-                       "seconds": round(time.perf_counter() - t_start, 3)}
+                       "seconds": round(time.perf_counter() - t_start, 3), "alpha": alpha}
                 if not all(math.isfinite(v) for v in row.values()):
                     raise PathgenError(f"training diverged at epoch {epoch + 1} step {step + 1} (a loss is not "
                                        "finite); lower the learning rate or use --adversarial lsgan", out)
