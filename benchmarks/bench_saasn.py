@@ -109,20 +109,26 @@ def prepare(work: Path = WORK) -> None:
         print(f"{split}/target: {n} tiles", flush=True)
 
 
+def run_dir(work: Path, name: str, arch: str = "small") -> Path:
+    """``runs/NAME`` for the ``small`` preset, ``runs/NAME-ARCH`` for the others."""
+    return work / "runs" / (name if arch == "small" else f"{name}-{arch}")
+
+
 def source_dirs(work: Path, split: str) -> list[Path]:
     return [work / split / s for s in (*SYNTH_SITES, "cmu")]
 
 
 def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0,
-          arch: str = "small") -> None:
+          arch: str = "small", cycle_warmup: int | None = None) -> None:
     """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``arch`` preset; runs go
-    to ``runs/NAME`` (``runs/NAME-ARCH`` for other presets than ``small``)."""
+    to ``runs/NAME`` (``runs/NAME-ARCH`` for other presets than ``small``). ``cycle_warmup`` overrides the
+    preset's L1-cycle warm-up steps (``TrainConfig.cycle_warmup_steps``)."""
     import torch
 
     from pathgen.saasn.data import DataConfig
     from pathgen.saasn.losses import LossConfig
     from pathgen.saasn.networks import preset
-    from pathgen.saasn.train import train_preset, train_saasn
+    from pathgen.saasn.train import TRAIN_PRESETS, train_preset, train_saasn
 
     torch.set_num_threads(1)
     data = DataConfig([str(p) for p in source_dirs(work, "train")], [str(work / "train" / "target")],
@@ -131,9 +137,11 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
     for name, losses in runs.items():
         if which not in ("both", name):
             continue
-        tcfg = train_preset("small")
+        tcfg = train_preset(arch if arch in TRAIN_PRESETS else "small")
+        if cycle_warmup is not None:
+            tcfg.cycle_warmup_steps = cycle_warmup
         tcfg.epochs, tcfg.steps_per_epoch, tcfg.seed, tcfg.device, tcfg.threads = epochs, steps, seed, "cpu", 1
-        out = work / "runs" / (name if arch == "small" else f"{name}-{arch}")
+        out = run_dir(work, name, arch)
         out.parent.mkdir(parents=True, exist_ok=True)
         resume = (out / "state" / "training.json").is_file()
         t0 = time.perf_counter()
@@ -143,12 +151,12 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
 
 
 def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Path | None = None,
-             out_json: Path | None = None, append: bool = True) -> dict:
+             out_json: Path | None = None, append: bool = True, arch: str = "small") -> dict:
     """Run :func:`pathgen.saasn.evaluate.evaluate_stain` on the test tiles and append the table to RESULTS.md."""
     from pathgen.saasn.evaluate import evaluate_stain, format_table
 
-    saasn_run = saasn_run or work / "runs" / "saasn"
-    ablation_run = ablation_run or work / "runs" / "cyclegan"
+    saasn_run = saasn_run or run_dir(work, "saasn", arch)
+    ablation_run = ablation_run or run_dir(work, "cyclegan", arch)
     sources = {p.name: p for p in source_dirs(work, "test")}
     t0 = time.perf_counter()
     # The model-free rows do not change between runs: they are computed once and cached.
@@ -183,11 +191,27 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
 SHIP_DIR = HERE.parent / "sample_data" / "models" / "saasn_small"
 
 
-def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR) -> None:
+def _architecture_note(model: dict) -> str:
+    """What the generator adds to the paper's pix2pix U-Net, for TRAINED_WITH.md."""
+    if model.get("full_res_skip"):
+        return ("the paper's pix2pix U-Net plus pathgen's full-resolution skip head (`SAASNConfig.full_res_skip`: "
+                "the last up step's features and the input image go through two 3×3 convs)")
+    if model.get("colour_transform"):
+        space = model.get("colour_space", "rgb")
+        where = ("on optical density, `OD_y = A(x)·OD_x` (Beer–Lambert; glass stays glass)" if space == "od"
+                 else "on RGB, `y = A(x)·x + b(x)`")
+        return ("the paper's pix2pix U-Net whose outermost features drive pathgen's colour-transform head "
+                f"(`SAASNConfig.colour_transform`): a per-pixel 3×3 colour map {where}, on a grid of one map per "
+                f"{model.get('colour_pool', 4)} px, bilinearly upsampled, starting at the identity; the "
+                "generator recolours and cannot redraw structure")
+    return "the paper's pix2pix U-Net"
+
+
+def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR, arch: str = "small") -> None:
     """Copy the run's X→Y generator and config into ``dest`` with TRAINED_WITH.md (paths made repo-relative)."""
     import shutil
 
-    run = run or work / "runs" / "saasn"
+    run = run or run_dir(work, "saasn", arch)
     repo = HERE.parent
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / "generator.safetensors", dest / "generator.safetensors")
@@ -206,6 +230,12 @@ def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR) -> N
     # "seconds" restarts at 0 when a run is resumed: add up each segment's last value
     train_seconds = sum(float(a["seconds"]) for a, b in zip(rows, rows[1:] + [None])
                         if b is None or float(b["seconds"]) < float(a["seconds"]))
+    steps_warm = int(train_cfg.get("cycle_warmup_steps", 0) or 0)
+    warmup = ("" if not steps_warm else
+              f"; the L1 cycle weight α rises linearly from 0 to 10 over the first {steps_warm} steps "
+              "(`TrainConfig.cycle_warmup_steps`: the colour map starts at the identity, an exact zero of the L1 "
+              "cycle loss whose slope there keeps the adversarial term from moving it; see `benchmarks/RESULTS.md`)")
+    arch_opt = "" if arch == "small" else f" --arch {arch}"
     note = ("" if run_info.get("resumed_at_epoch") is None else
             f"The run was interrupted and resumed at epoch {run_info['resumed_at_epoch']} (resume is exact).\n")
     text = f"""# SAASN small model (X→Y generator)
@@ -217,11 +247,9 @@ Trained on CPU (one torch thread) from the repository's sample data:
   `cmu_small_region.svs` (top two thirds, level 0, 0.499 µm/px);
 - target Y: tiles of the real image `target_image.png` (columns x < 700).
 
-Architecture preset `small` ({run_info["parameters"]["generator"]:,} generator parameters, {size_mb:.1f} MB){
-    "; the paper's pix2pix U-Net plus pathgen's full-resolution skip head (`SAASNConfig.full_res_skip`: the last "
-    "up step's features and the input image go through two 3×3 convs)" if cfg.get("model", cfg).get("full_res_skip")
-    else ""}.
-Loss weights α = β = γ = 10, δ = 0.1, LSGAN, boundary control on. Adam 2e-4 (0.5, 0.999), batch
+Architecture preset `{arch}` ({run_info["parameters"]["generator"]:,} generator parameters, {size_mb:.1f} MB):
+{_architecture_note(run_info["model"])}.
+Loss weights α = β = γ = 10, δ = 0.1, LSGAN, boundary control on{warmup}. Adam 2e-4 (0.5, 0.999), batch
 {train_cfg["batch_size"]}, 128-px crops, {train_cfg["epochs"]} epochs × {run_info["steps_per_epoch"]} steps, linear
 learning-rate decay over the second half, seed {train_cfg["seed"]}. Training loop wall time (losses.csv):
 {train_seconds / 60:.0f} min on 2 CPU cores shared with other jobs.
@@ -230,18 +258,18 @@ Exact commands (from the repository root):
 
 ```
 python benchmarks/bench_saasn.py prepare
-python benchmarks/bench_saasn.py train --which saasn --epochs {train_cfg["epochs"]} --steps {run_info["steps_per_epoch"]} --seed {train_cfg["seed"]}
-python benchmarks/bench_saasn.py ship
+python benchmarks/bench_saasn.py train --which saasn{arch_opt} --epochs {train_cfg["epochs"]} --steps {run_info["steps_per_epoch"]} --seed {train_cfg["seed"]}
+python benchmarks/bench_saasn.py ship{arch_opt}
 ```
 
 `train` calls `pathgen.saasn.train.train_saasn`; the same run from the command line is
 
 ```
-pathgen train saasn --preset small --balance sites --epochs {train_cfg["epochs"]} --steps-per-epoch {run_info["steps_per_epoch"]} \\
+pathgen train saasn --preset {arch} --balance sites --epochs {train_cfg["epochs"]} --steps-per-epoch {run_info["steps_per_epoch"]} \\
     --batch-size {train_cfg["batch_size"]} --seed {train_cfg["seed"]} --device cpu --threads 1 \\
     --source benchmarks/work/saasn/train/B --source benchmarks/work/saasn/train/C \\
     --source benchmarks/work/saasn/train/D --source benchmarks/work/saasn/train/cmu \\
-    --target benchmarks/work/saasn/train/target -o benchmarks/work/saasn/runs/saasn
+    --target benchmarks/work/saasn/train/target -o {os.path.relpath(run, repo)}
 ```
 
 Use: `pathgen normalize slide.svs -o out.tif --method saasn` (this folder is the default checkpoint), or
@@ -258,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--which", choices=("both", "saasn", "cyclegan"), default="both")
     ap.add_argument("--arch", default="small", help="architecture preset (pathgen.saasn.networks.PRESETS)")
+    ap.add_argument("--cycle-warmup", type=int, default=None,
+                    help="steps over which the L1 cycle weight rises from 0 (default: the preset's)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -268,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("prepare", "all"):
         prepare(args.work)
     if args.step in ("train", "all"):
-        train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch)
+        train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch, args.cycle_warmup)
     if args.step in ("eval", "all"):
-        evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append)
+        evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append, arch=args.arch)
     if args.step in ("ship", "all"):
-        ship(args.work, args.saasn_run)
+        ship(args.work, args.saasn_run, arch=args.arch)
     return 0
 
 

@@ -114,6 +114,64 @@ def test_full_resolution_skip_head_sees_input_pixels_and_bakes_exactly():
     assert UNetGenerator(preset("tiny")).head is None
 
 
+def test_colour_head_starts_at_identity_and_only_the_adversarial_term_pulls_it_there():
+    """The colour-transform generator is the identity at initialisation; the adversarial term reaches its zero-
+    initialised last layer, while every cycle / SSIM / identity term is at its minimum (zero gradient); after one
+    generator is moved off the identity, the L1 cycle gradient on its head is far larger than the adversarial one
+    (the reason for ``TrainConfig.cycle_warmup_steps``)."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    net = SAASN(replace(preset("tiny"), colour_transform=True))
+    x, y = _batch(1, 2), _batch(2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(net.g_x2y(x), x)
+    cfg = LossConfig()
+    _, terms, _ = generator_loss(net, x, y, cfg)
+    last = net.g_x2y.colour_head[-1].weight
+
+    def grad_norm(value):
+        g = torch.autograd.grad(value, last, retain_graph=True, allow_unused=True)[0]
+        return 0.0 if g is None else g.norm().item()
+
+    assert grad_norm(terms["adv_g"]) > 0
+    for name in ("cycle", "identity", "scycle", "dssim"):
+        assert grad_norm(terms[name]) < 1e-5, name
+    with torch.no_grad():
+        net.g_x2y.colour_head[-1].bias[9:].fill_(0.05)  # a small colour offset in one generator only
+    _, terms, _ = generator_loss(net, x, y, cfg)
+    assert grad_norm(cfg.alpha * terms["cycle"]) > 10 * grad_norm(terms["adv_g"])
+
+
+def test_optical_density_colour_map_keeps_glass_and_bakes_exactly():
+    """``colour_space="od"``: the generator starts as the identity (up to the 1/256 intensity floor), any learned
+    map leaves white glass white (a linear map of OD has no offset), it recolours tissue, and the
+    spectral-norm-free copy computes the same; bad colour settings are refused."""
+    from dataclasses import replace
+
+    from pathgen.saasn.networks import baked_copy
+
+    torch.manual_seed(0)
+    g = UNetGenerator(replace(preset("tiny"), colour_transform=True, colour_space="od", colour_pool=8))
+    x = _batch(3, 2)
+    x[:, :, :8, :8] = 1.0  # a patch of glass
+    with torch.no_grad():
+        assert (g(x) - x).abs().max().item() <= 2 / 256 + 1e-6
+        g.colour_head[-1].bias.copy_(torch.linspace(-0.3, 0.4, 12))
+        y = g(x)
+    assert torch.equal(y[:, :, :8, :8], x[:, :, :8, :8])
+    assert (y - x).abs().mean().item() > 0.01
+    g.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(baked_copy(g)(x), g(x))
+    with pytest.raises(PathgenError):
+        SAASNConfig(colour_transform=True, colour_space="lab")
+    with pytest.raises(PathgenError):
+        SAASNConfig(colour_transform=True, colour_pool=3)
+    assert SAASNConfig.from_dict({k: v for k, v in preset("small-colour").to_dict().items()
+                                  if k not in ("colour_space", "colour_pool")}) == preset("small-colour")
+
+
 def test_adversarial_loss_hand_values():
     half = torch.full((2, 1, 3, 3), 0.5)
     assert adversarial_loss(half, True, "lsgan").item() == pytest.approx(0.25)

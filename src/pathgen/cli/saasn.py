@@ -28,8 +28,8 @@ def train_saasn_command(
         None, "--target", "-t", help="The target site: folder of tiles or a slide (repeat to pool several)."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder (generators, resume state, losses.csv, "
                                                             "samples/)."),
-    preset: str = typer.Option("small", "--preset", help="tiny | small | small-colour | paper (architecture and "
-                                                         "defaults)."),
+    preset: str = typer.Option("small", "--preset",
+                               help="tiny | small | small-colour | small-od | paper (architecture and defaults)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (default: the preset's; paper "
                                                                 "100, decay over the second half)."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch",

@@ -33,6 +33,9 @@ ATTENTION_IMPLS = ("sdpa", "matmul", "none")
 #: there and its N × N matrix needs at most 64 MiB per image.
 SDPA_MIN_TOKENS = 4096
 NORMS = ("batch", "instance")
+COLOUR_SPACES = ("rgb", "od")
+#: Intensity floor of the optical-density colour map (``OD ≤ ln 256``).
+OD_FLOOR = 1.0 / 256.0
 
 
 @dataclass
@@ -79,6 +82,15 @@ class SAASNConfig:
         at the identity), bilinearly upsampled and applied to the input pixels: ``y = A(x)·x + b(x)``. The
         generator then recolours, as a context-aware and spatially smooth stain transform, and cannot redraw
         structure. Excludes ``full_res_skip``.
+    colour_space : {"rgb", "od"}
+        Where the colour map of ``colour_transform`` acts. ``"rgb"``: ``y = A(x)·x + b(x)`` on the pixels in
+        [-1, 1]. ``"od"``: on optical densities ``OD = −ln(I)`` (``I`` the intensity in (0, 1], floored at 1/256),
+        ``OD_y = A(x)·OD_x``, with no offset: the Beer–Lambert model under Macenko and Vahadane, where a change of
+        stain is a linear map of optical density (a spatially varying one here), so glass (OD 0) stays glass.
+    colour_pool : int
+        Average-pooling factor of the features the colour head reads (the colour field's resolution: one 3×3
+        map per ``colour_pool`` pixels before bilinear upsampling); must divide ``2**g_depth``. Larger is
+        smoother.
     """
 
     image_size: int = 128
@@ -95,12 +107,18 @@ class SAASNConfig:
     init_gain: float = 0.02
     full_res_skip: bool = False
     colour_transform: bool = False
+    colour_space: str = "rgb"
+    colour_pool: int = 4
 
     def __post_init__(self):
         if self.full_res_skip and self.colour_transform:
             raise PathgenError("full_res_skip and colour_transform exclude each other")
         if self.attention not in ATTENTION_IMPLS:
             raise PathgenError(f"unknown attention {self.attention!r} (choose {', '.join(ATTENTION_IMPLS)})")
+        if self.colour_space not in COLOUR_SPACES:
+            raise PathgenError(f"unknown colour space {self.colour_space!r} (choose {', '.join(COLOUR_SPACES)})")
+        if self.colour_pool < 1 or (2 ** self.g_depth) % self.colour_pool:
+            raise PathgenError(f"colour_pool {self.colour_pool} must divide 2**g_depth ({2 ** self.g_depth})")
         if self.norm not in NORMS:
             raise PathgenError(f"unknown norm {self.norm!r} (choose {', '.join(NORMS)})")
         for name in ("image_size", "ngf", "g_depth", "g_max_mult", "ndf", "d_layers", "d_max_mult"):
@@ -146,6 +164,10 @@ PRESETS: dict[str, SAASNConfig] = {
     # small, recolouring through a per-pixel affine colour map instead of redrawing the image
     "small-colour": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
                                 attention_max_tokens=256, colour_transform=True),
+    # small, recolouring through a smooth (16-px grid) linear map of optical density: a learned, context-aware
+    # Macenko-style stain transform
+    "small-od": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
+                            attention_max_tokens=256, colour_transform=True, colour_space="od", colour_pool=16),
     "paper": SAASNConfig(image_size=128, ngf=64, g_depth=7, g_max_mult=8, ndf=64, d_layers=3, d_max_mult=8,
                          attention_max_tokens=1024),
 }
@@ -281,11 +303,16 @@ class UNetGenerator(nn.Module):
         if self.head is not None:
             h = self.head(torch.cat([F.relu(h), x], dim=1))  # the image itself goes in un-rectified
         elif self.colour_head is not None:
-            p = self.colour_head(F.avg_pool2d(F.relu(h), 4))
+            p = self.colour_head(F.avg_pool2d(F.relu(h), self.config.colour_pool))
             p = F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=False)
             b, _, hh, ww = x.shape
             a = p[:, :9].view(b, 3, 3, hh, ww) + torch.eye(3, device=x.device, dtype=x.dtype).view(1, 3, 3, 1, 1)
-            h = (torch.einsum("bijhw,bjhw->bihw", a, x) + p[:, 9:]).clamp(-1.0, 1.0)
+            if self.config.colour_space == "od":
+                od = -torch.log(((x + 1.0) * 0.5).clamp(min=OD_FLOOR))
+                h = 2.0 * torch.exp(-torch.einsum("bijhw,bjhw->bihw", a, od)) - 1.0
+                h = h.clamp(-1.0, 1.0)
+            else:
+                h = (torch.einsum("bijhw,bjhw->bihw", a, x) + p[:, 9:]).clamp(-1.0, 1.0)
         return h
 
 
