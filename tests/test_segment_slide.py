@@ -89,3 +89,34 @@ def test_outputs_reopen_and_round_trip(generated_slide, tmp_path):
     assert summary["processed"] + summary["skipped"] == summary["windows"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(["instances.tif", "classes.tif", "nuclei.geojson",
                                                             "nuclei.csv", "segment.json"])  # no spool left
+
+
+def test_tile_function_loads_once_when_called_from_many_threads(monkeypatch):
+    """The engine calls one SegmentTiles from its thread pool; the first calls race to load the model (a fresh
+    clone's run once failed with a model published before its post-processing settings)."""
+    import pickle
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pathgen.segment.checkpoint as ckpt
+    from pathgen.segment.slide import SegmentTiles
+
+    real_read, loads = ckpt.read_checkpoint_config, []
+
+    def slow_read(path):  # widen the window between loading the weights and reading the settings
+        loads.append(threading.get_ident())
+        time.sleep(0.3)
+        return real_read(path)
+
+    monkeypatch.setattr(ckpt, "read_checkpoint_config", slow_read)
+
+    fn = SegmentTiles(str(shipped_model("hovernet")), tile=64, overlap=32, grid_nx=4)
+    batch = np.stack([render_tile(128, seed=7).image] * 1)
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda k: fn(batch, [(-32 + 64 * k, -32)]), range(4)))
+    assert all(out[0].shape == (1, 128, 128, 1) for out in outs)
+    assert all(np.array_equal(outs[0][0] > 0, out[0] > 0) for out in outs)  # same nuclei from every thread
+    assert len(set(loads)) == 1  # one thread loaded the model, the others waited for it
+    clone = pickle.loads(pickle.dumps(fn))  # what a dask worker receives: no model, a fresh lock
+    assert clone._model is None and clone(batch, [(-32, -32)])[0].shape == (1, 128, 128, 1)

@@ -23,6 +23,7 @@ import csv
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,23 +68,32 @@ class SegmentTiles:
                  level0_per_px: tuple[float, float] = (1.0, 1.0), min_area: int | None = None):
         self.checkpoint, self.tile, self.overlap, self.nx = str(checkpoint), tile, overlap, grid_nx
         self.device, self.scale, self.min_area = device, level0_per_px, min_area
-        self._model = None
+        self._model = self._postprocess = None
+        self._lock = threading.Lock()
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_model"] = None
+        d["_model"] = d["_postprocess"] = d["_lock"] = None
         return d
 
-    def _load(self):
-        if self._model is None:
-            from pathgen.segment.checkpoint import load_model, read_checkpoint_config
-            from pathgen.segment.postprocess import PostProcessConfig
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
-            self._model = load_model(self.checkpoint, device=self.device)
-            pp = read_checkpoint_config(self.checkpoint).get("postprocess") or {}
-            if self.min_area is not None:
-                pp = {**pp, "min_size": int(self.min_area)}
-            self._postprocess = PostProcessConfig(**pp)
+    def _load(self):
+        # The engine calls one instance from several threads: load once, and publish the model only after the
+        # post-processing settings, so no thread sees a model without them.
+        with self._lock:
+            if self._model is None:
+                from pathgen.segment.checkpoint import load_model, read_checkpoint_config
+                from pathgen.segment.postprocess import PostProcessConfig
+
+                model = load_model(self.checkpoint, device=self.device)
+                pp = read_checkpoint_config(self.checkpoint).get("postprocess") or {}
+                if self.min_area is not None:
+                    pp = {**pp, "min_size": int(self.min_area)}
+                self._postprocess = PostProcessConfig(**pp)
+                self._model = model
         return self._model
 
     def __call__(self, batch: np.ndarray, origins: list[tuple[int, int]]):
