@@ -192,5 +192,11 @@ def test_cli_commands(checkpoints, mask_dir, tmp_path, capsys):
     assert run("synth", "images", "--masks", tmp_path / "gm", "--checkpoint", nasdm, "-o", tmp_path / "gi",
                "--steps", 2, "--guidance", 0, "--device", "cpu") == 0
     assert len(list((tmp_path / "gi" / "images").glob("*.png"))) == 2
+    # a region larger than MaskGen's 16 px windows: masks and tiles of 24 px, fused from overlapping windows
+    assert run("synthesize", "dataset", "-n", 1, "-o", tmp_path / "big", "--nasdm", nasdm, "--maskgen", maskgen,
+               "--size", 24, "--steps", 2, "--scheduler", "ddim", "--device", "cpu") == 0
+    assert tifffile.imread(tmp_path / "big" / "instances" / "syn_000000.tif").shape == (24, 24)
+    assert np.asarray(Image.open(tmp_path / "big" / "images" / "syn_000000.png")).shape == (24, 24, 3)
+    assert json.loads((tmp_path / "big" / "manifest.json").read_text())["job"]["mask_size"] == 24
     out = capsys.readouterr().out
     assert "2 samples" in out and "2 masks" in out and "2 tiles" in out

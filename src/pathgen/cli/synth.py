@@ -174,6 +174,9 @@ def synthesize_dataset_cmd(
     maskgen: Optional[Path] = typer.Option(None, "--maskgen", help="MaskGen run: generate the masks."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of existing masks to render."),
     types: Optional[str] = typer.Option(None, "--types", help="With --maskgen: nucleus types to include."),
+    size: Optional[int] = typer.Option(None, "--size", help="With --maskgen: side of the generated masks and tiles "
+                                                           "in pixels (default: MaskGen's training size; larger "
+                                                           "regions are fused from overlapping windows)."),
     guidance: float = typer.Option(1.5, help="NASDM guidance scale s."),
     steps: int = typer.Option(50, help="Denoising steps (both models)."),
     scheduler: str = typer.Option("ddpm", help="Sampler: ddpm (ancestral, learned variance), ddim or dpm "
@@ -188,7 +191,7 @@ def synthesize_dataset_cmd(
 
     res = synthesize_dataset(output, n=n, nasdm_checkpoint=nasdm, maskgen_checkpoint=maskgen, masks_dir=masks,
                              types=types, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed,
-                             batch_size=batch_size, device=device, overwrite=overwrite)
+                             batch_size=batch_size, device=device, mask_size=size, overwrite=overwrite)
     typer.echo(f"{output}: {res.done} samples ({res.generated} new, {res.done - res.generated} already done)")
 
 
