@@ -20,6 +20,7 @@ for training; see ``bench_nasdm.heldout_crops``):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -84,12 +85,13 @@ def main() -> None:
     from pathgen.maskgen.pipeline import MaskGenPipeline
 
     held = [(inst, cls) for _, inst, cls in heldout_crops(args.n, args.size)]
-    table = read_config(args.maskgen).get("presence_distribution")
+    config = read_config(args.maskgen)
+    table = config.get("presence_distribution")
     rng = np.random.default_rng(0)
     counts = np.array([e["count"] for e in table], float)
     pres = np.stack([table[k]["vector"] for k in rng.choice(len(table), len(held), p=counts / counts.sum())])
     pipe = MaskGenPipeline.from_pretrained(args.maskgen)
-    step = read_config(args.maskgen).get("training", {}).get("step")
+    step = config.get("training", {}).get("step")
 
     ref = mask_stats(held)
 
@@ -98,8 +100,7 @@ def main() -> None:
         return (f"| {name} | {spm} | {s['nuclei']:.1f} | {s['area']:.1f} | {s['fg']:.3f} | {s['fragments']:.2f} | "
                 f"{s['solidity']:.2f} | {l1:.2f} | {s['touch']} |")
 
-    lines = [f"- MaskGen checkpoint: `{Path(args.maskgen).relative_to(ROOT) if Path(args.maskgen).is_relative_to(ROOT) else args.maskgen}`"
-             f" (training step {step}); {len(held)} masks of {args.size} px per row, guidance {args.guidance:g}, "
+    lines = [f"- MaskGen checkpoint: `{os.path.relpath(args.maskgen, ROOT)}` (training step {step}); {len(held)} masks of {args.size} px per row, guidance {args.guidance:g}, "
              f"torch threads {args.threads}",
              "- held-out: procedural tiles seed 2024 site A (never trained on); type-share L1 = Σ|generated − "
              "held-out| over the six nucleus types' shares of nuclear pixels",

@@ -119,10 +119,12 @@ def source_dirs(work: Path, split: str) -> list[Path]:
 
 
 def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0,
-          arch: str = "small", cycle_warmup: int | None = None) -> None:
+          arch: str = "small", cycle_warmup: int | None = None, saasn_run: Path | None = None,
+          ablation_run: Path | None = None) -> None:
     """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``arch`` preset; runs go
     to ``runs/NAME`` (``runs/NAME-ARCH`` for other presets than ``small``). ``cycle_warmup`` overrides the
-    preset's L1-cycle warm-up steps (``TrainConfig.cycle_warmup_steps``)."""
+    preset's L1-cycle warm-up steps (``TrainConfig.cycle_warmup_steps``); ``saasn_run`` / ``ablation_run``
+    replace the default run folders (an existing run there is resumed)."""
     import torch
 
     from pathgen.saasn.data import DataConfig
@@ -141,7 +143,7 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
         if cycle_warmup is not None:
             tcfg.cycle_warmup_steps = cycle_warmup
         tcfg.epochs, tcfg.steps_per_epoch, tcfg.seed, tcfg.device, tcfg.threads = epochs, steps, seed, "cpu", 1
-        out = run_dir(work, name, arch)
+        out = {"saasn": saasn_run, "cyclegan": ablation_run}[name] or run_dir(work, name, arch)
         out.parent.mkdir(parents=True, exist_ok=True)
         resume = (out / "state" / "training.json").is_file()
         t0 = time.perf_counter()
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("prepare", "all"):
         prepare(args.work)
     if args.step in ("train", "all"):
-        train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch, args.cycle_warmup)
+        train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch, args.cycle_warmup,
+              args.saasn_run, args.ablation_run)
     if args.step in ("eval", "all"):
         evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append, arch=args.arch)
     if args.step in ("ship", "all"):
