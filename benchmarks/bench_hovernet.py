@@ -53,9 +53,12 @@ def main() -> None:
     model = load_model(args.model)
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     ground = tuple(float(v) for v in args.ground_max.split(",")) if args.ground_max else None
+    # grouped by site, so each batch is one site's tiles: the stain check's reference is fitted per batch, as a
+    # slide run fits it per slide
+    order = sorted(range(args.n), key=lambda i: (i % len(sites), i))
     tiles = [render_tile(args.size, tile_seed(args.seed, i), sites[i % len(sites)], model.config.mpp,
                          varied_params(TissueParams(), tile_seed(args.seed, i), ground, args.clefts_max))
-             for i in range(args.n)]
+             for i in order]
     images = np.stack([t.image for t in tiles])
 
     segment_tile_batch(model, images[:1])  # warm-up (first-call allocations)
@@ -80,15 +83,20 @@ def main() -> None:
 
     means, typed, n_true, n_pred = score(nuclei)
     table = [("stored with the model" if model.postprocess is not None else "reference", means, typed)]
-    if model.postprocess is not None:  # the same network maps with the reference's post-processing
+    if model.postprocess is not None:  # the same network maps without the stain check, and with the reference's
         maps = predict_maps(model, images, batch_size=args.batch_size)
+        if model.postprocess.min_haematoxylin > 0:
+            plain = [nuclei_from_maps(maps, i, model.postprocess) for i in range(len(images))]
+            plain_means, plain_typed, _, _ = score(plain)
+            table.append(("stored, stain check off", plain_means, plain_typed))
         ref = [nuclei_from_maps(maps, i, PostProcessConfig()) for i in range(len(images))]
         ref_means, ref_typed, _, _ = score(ref)
         table.append(("reference (0.5 / 0.4 / 21)", ref_means, ref_typed))
     mpx = images.shape[0] * images.shape[1] * images.shape[2] / 1e6
     pp = model.postprocess
     pp_text = ("reference" if pp is None else f"np_threshold {pp.np_threshold}, marker_threshold "
-               f"{pp.marker_threshold}, sobel_size {pp.sobel_size} (chosen on the validation set)")
+               f"{pp.marker_threshold}, sobel_size {pp.sobel_size} (chosen on the validation set), stain check "
+               f"min_haematoxylin {pp.min_haematoxylin} (reference fitted per batch of one site's tiles)")
 
     lines = [f"- model: `{args.model}` ({sum(p.numel() for p in model.parameters()):,} parameters, "
              f"{model.config.nr_types} TP channels, {model.config.mpp} µm/px); post-processing stored with it: "
@@ -127,23 +135,35 @@ def write_overlay(model, args) -> str:
 
     from pathgen.data.fetch import sample_path
     from pathgen.metrics.classes import NUCLEUS_TYPES
-    from pathgen.segment.infer import segment_tile_batch
+    from pathgen.segment.infer import nuclei_from_maps, segment_tile_batch
     from pathgen.slide import open_slide
+
+    from pathgen.stain import StainNormalizer
+    from pathgen.stain.slide import fit_slide
 
     x, y, w, h = (int(v) for v in args.overlay_region.split(","))
     with open_slide(sample_path("cmu_small_region.svs")) as slide:
         region = slide.read_region_mpp((x, y), model.config.mpp, (w, h))
-    nuclei = segment_tile_batch(model, region[None]).nuclei[0]
+        stain = fit_slide(slide, StainNormalizer("macenko"))  # the stain check's reference, as `pathgen segment`
+    seg = segment_tile_batch(model, region[None], stain=stain)
+    nuclei = seg.nuclei[0]
+    unchecked = nuclei_from_maps(seg.maps, 0, model.postprocess)  # the same maps, stain check off
     colours = np.array([t.color for t in NUCLEUS_TYPES] + [(0, 255, 0)] * 16, np.uint8)
-    edge = find_boundaries(nuclei.instances, mode="inner")
-    overlay = region.copy()
-    overlay[edge] = colours[nuclei.class_map()[edge]] if model.config.nr_types else (0, 255, 0)
-    Image.fromarray(np.concatenate([region, overlay], axis=1)).save(args.overlay)
+
+    def draw(found):
+        edge = find_boundaries(found.instances, mode="inner")
+        overlay = region.copy()
+        overlay[edge] = colours[found.class_map()[edge]] if model.config.nr_types else (0, 255, 0)
+        return overlay
+
+    panels = [region] + ([draw(unchecked)] if model.postprocess is not None else []) + [draw(nuclei)]
+    Image.fromarray(np.concatenate(panels, axis=1)).save(args.overlay)
     counts = np.bincount(nuclei.types, minlength=max(model.config.nr_types, 1))
     names = model.config.type_names
     by_type = ", ".join(f"{names[t - 1] if t - 1 < len(names) else t}: {counts[t]}"
                         for t in range(1, len(counts)) if counts[t])
-    return f"region x={x} y={y} {w}x{h} px, {nuclei.count} nuclei; {by_type}"
+    return (f"region x={x} y={y} {w}x{h} px, {nuclei.count} nuclei ({unchecked.count} without the stain check); "
+            f"{by_type}; panels: image, stain check off, stain check on")
 
 
 if __name__ == "__main__":

@@ -340,3 +340,73 @@ def test_nucleus_whose_pixels_all_vote_background_gets_its_most_probable_type():
         assert res.types[label - 1] == want
     assert res.type_probs[int(res.instances[12, 12]) - 1] == pytest.approx(0.3)
     assert ((res.instances > 0) == (res.class_map() > 0)).all()
+
+
+# ------------------------------------------------------------------------------------------- stain check
+
+
+def test_drop_pale_instances_by_hand():
+    from pathgen.segment.postprocess import drop_pale_instances
+
+    inst = np.zeros((4, 6), np.int32)
+    inst[0, 0:2] = 1  # haematoxylin 0.5, 0.7 -> mean 0.6
+    inst[2, 0:3] = 2  # 0.1, 0.2, 0.3 -> mean 0.2
+    inst[3, 4:6] = 3  # 0.25, 0.25 -> mean 0.25 (kept: the threshold is inclusive)
+    h = np.zeros((4, 6))
+    h[0, 0:2] = (0.5, 0.7)
+    h[2, 0:3] = (0.1, 0.2, 0.3)
+    h[3, 4:6] = 0.25
+    kept, means = drop_pale_instances(inst, h, 0.25)
+    np.testing.assert_allclose(means, [0.6, 0.2, 0.25])
+    expected = np.zeros_like(inst)
+    expected[0, 0:2] = 1
+    expected[3, 4:6] = 2  # relabelled in order, no gap
+    np.testing.assert_array_equal(kept, expected)
+    assert kept.dtype == np.int32
+    np.testing.assert_array_equal(drop_pale_instances(inst, h, 0.0)[0], inst)
+    with pytest.raises(PathgenError):
+        drop_pale_instances(inst, h[:3], 0.25)
+    with pytest.raises(PathgenError):
+        PostProcessConfig(min_haematoxylin=1.5)
+
+
+def test_stain_check_drops_an_eosin_fragment_and_keeps_every_nucleus():
+    """A generated tile with a nucleus-shaped patch painted in eosin alone: fed as nuclear to the post-processing
+    (as a network fooled by dense collagen would), the stain check removes it and nothing else."""
+    from pathgen.data.synth import render_tile
+    from pathgen.segment.infer import (HoVerNetMaps, fit_haematoxylin_reference, nuclei_from_maps,
+                                       relative_haematoxylin)
+    from pathgen.stain import od_to_rgb
+
+    for site in "ABD":  # D is the pale, faded site: the check is relative to the image's own stain strength
+        tile = render_tile(128, seed=7, site=site)
+        truth = tile.instances.astype(np.int32)
+        image = tile.image.copy()
+        yy, xx = np.mgrid[:128, :128]
+        far = ndi_distance(truth == 0)
+        cy, cx = np.unravel_index(np.argmax(far), far.shape)  # the ground farthest from any nucleus
+        fragment = ((yy - cy) / 6.0) ** 2 + ((xx - cx) / 4.0) ** 2 <= 1
+        eosin = np.array([0.07, 0.99, 0.11])  # a pure eosin OD direction (Macenko's textbook vector)
+        image[fragment] = np.asarray(od_to_rgb(np.tile(0.9 * eosin, (int(fragment.sum()), 1)), 255.0)
+                                     ).round().astype(np.uint8)
+        labels = truth.copy()
+        labels[fragment & (truth == 0)] = truth.max() + 1
+        maps = HoVerNetMaps((labels > 0).astype(np.float32)[None], hv_maps(labels)[None])
+        stain = fit_haematoxylin_reference(image)
+        h_rel = relative_haematoxylin(image, stain)
+        pp = PostProcessConfig(min_haematoxylin=0.25)
+        checked = nuclei_from_maps(maps, 0, pp, h_rel).instances
+        unchecked = nuclei_from_maps(maps, 0, pp).instances
+        assert unchecked.max() == checked.max() + 1  # exactly the fragment went ...
+        gone = np.unique(unchecked[fragment & (truth == 0)])
+        assert len(gone) == 1 and gone[0] > 0
+        # ... and every other instance is kept as it was
+        expected = np.where(unchecked == gone[0], 0, unchecked)
+        assert np.array_equal(checked > 0, expected > 0)
+        assert panoptic_quality(expected, checked) == pytest.approx(1.0)
+
+
+def ndi_distance(mask):
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(mask)

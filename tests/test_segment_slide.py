@@ -87,8 +87,26 @@ def test_outputs_reopen_and_round_trip(generated_slide, tmp_path):
     summary = json.loads((out / "segment.json").read_text())
     assert summary["nuclei"] == n and summary["checkpoint_sha256"]
     assert summary["processed"] + summary["skipped"] == summary["windows"] > 0
+    check = summary["stain_check"]  # the shipped model's stain check, fitted once on this slide
+    assert check["status"] == "on" and check["min_haematoxylin"] == pytest.approx(0.25)
+    assert len(check["haematoxylin_vector"]) == 3 and check["haematoxylin_p99"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(["instances.tif", "classes.tif", "nuclei.geojson",
                                                             "nuclei.csv", "segment.json"])  # no spool left
+
+
+def test_stain_check_keeps_generated_nuclei_and_can_be_switched_off(generated_slide, tmp_path):
+    """Generated tissue has no eosin fragments: the check keeps (almost) every nucleus; 0 switches it off."""
+    path, img, truth = generated_slide
+    on = segment(path, tmp_path / "on", shipped_model("hovernet"),
+                 SegmentConfig(tile_size=512, batch_size=2, skip_background=False))
+    off = segment(path, tmp_path / "off", shipped_model("hovernet"),
+                  SegmentConfig(tile_size=512, batch_size=2, skip_background=False, min_haematoxylin=0.0))
+    assert on["stain_check"]["status"] == "on" and off["stain_check"]["status"] == "off"
+    assert on["nuclei"] <= off["nuclei"] <= on["nuclei"] * 1.05
+    a = tifffile.imread(tmp_path / "on" / "instances.tif", key=0)
+    b = tifffile.imread(tmp_path / "off" / "instances.tif", key=0)
+    assert pq(b, a).pq > 0.95
+    assert pq(truth, a).pq >= pq(truth, b).pq - 0.01
 
 
 def test_tile_function_loads_once_when_called_from_many_threads(monkeypatch):

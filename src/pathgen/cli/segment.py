@@ -20,6 +20,9 @@ def segment(
     overlap: int = typer.Option(64, "--overlap", help="Halo in pixels; wider than the largest nucleus."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Override the slide's µm/px."),
     min_area: Optional[int] = typer.Option(None, "--min-area", help="Smallest nucleus kept, pixels."),
+    min_haematoxylin: Optional[float] = typer.Option(
+        None, "--min-haematoxylin", help="Stain check: drop nuclei whose mean haematoxylin is below this fraction "
+                                         "of the slide's 99th percentile (default: the checkpoint's, 0.25; 0 = off)."),
     no_skip: bool = typer.Option(False, "--no-skip", help="Also process tiles without detected tissue."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results in the folder."),
     workers: Optional[int] = WORKERS,
@@ -36,7 +39,7 @@ def segment(
     ckpt = checkpoint or shipped_model("hovernet")
     cfg = SegmentConfig(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=resolve_device(device),
                         workers=workers, scheduler=scheduler, threads=threads, skip_background=not no_skip,
-                        min_area=min_area)
+                        min_area=min_area, min_haematoxylin=min_haematoxylin)
     summary = run(input, output, ckpt, cfg, slide_mpp=mpp, overwrite=overwrite)
     per = ", ".join(f"{k} {v}" for k, v in sorted(summary["per_type"].items()))
     typer.echo(f"{summary['nuclei']} nuclei ({per}) -> {output}")

@@ -1,7 +1,9 @@
 """Batch inference: RGB tiles in, probability maps and nucleus instances with types out.
 
 :func:`segment_tile_batch` is the unit the tile engine calls; it knows nothing about slides. Tiles of any size
-are reflect-padded to a multiple of 8 for the network and cropped back.
+are reflect-padded to a multiple of 8 for the network and cropped back. The stain check
+(``PostProcessConfig.min_haematoxylin``) reads haematoxylin concentrations under a stain fit that the caller makes
+once per slide (:func:`fit_haematoxylin_reference`); without one the batch is its own reference.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 
 from pathgen.errors import PathgenError
 from pathgen.segment.hovernet import DOWNSAMPLE, HoVerNet
-from pathgen.segment.postprocess import PostProcessConfig, instance_types, instances_from_maps
+from pathgen.segment.postprocess import PostProcessConfig, drop_pale_instances, instance_types, instances_from_maps
 
 
 @dataclass
@@ -131,10 +133,43 @@ def predict_maps(model: HoVerNet, images: np.ndarray, device: str | torch.device
                         np.concatenate(tp_out).astype(np.float32) if tp_out else None)
 
 
-def nuclei_from_maps(maps: HoVerNetMaps, index: int, postprocess: PostProcessConfig | None = None) -> TileNuclei:
+def fit_haematoxylin_reference(images, seed: int = 0):
+    """Macenko stain fit of ``images`` (uint8 RGB, any leading shape) for the stain check, or None when they hold
+    no stained tissue. Slides pass the fit of :func:`pathgen.stain.slide.fit_slide` instead."""
+    from pathgen.stain import StainNormalizer
+
+    fit = StainNormalizer("macenko", seed=seed).fit_images(np.asarray(images))
+    return fit if fit.matrix is not None and fit.concentration_percentiles is not None else None
+
+
+def relative_haematoxylin(images: np.ndarray, stain) -> np.ndarray:
+    """Haematoxylin concentration per pixel over the fit's percentile (99th: 1.0 is as dense as the slide's
+    densest 1 % of tissue).
+
+    Parameters
+    ----------
+    images : (..., 3) uint8 ndarray
+    stain : pathgen.stain.StainFit with stain vectors
+
+    Returns
+    -------
+    (...) float32 ndarray, >= 0
+    """
+    from pathgen.stain import StainNormalizer
+
+    h = StainNormalizer("macenko").concentrations(np.asarray(images), stain)[..., 0]
+    return (h / max(float(stain.concentration_percentiles[0]), 1e-6)).astype(np.float32)
+
+
+def nuclei_from_maps(maps: HoVerNetMaps, index: int, postprocess: PostProcessConfig | None = None,
+                     haematoxylin: np.ndarray | None = None) -> TileNuclei:
     """Post-process tile ``index`` of ``maps`` into instances and their types (reference settings when
-    ``postprocess`` is None)."""
-    inst = instances_from_maps(maps.np_prob[index], maps.hv[index], postprocess or PostProcessConfig())
+    ``postprocess`` is None). With ``haematoxylin`` (the tile's :func:`relative_haematoxylin` map), instances
+    paler than ``postprocess.min_haematoxylin`` are dropped first."""
+    pp = postprocess or PostProcessConfig()
+    inst = instances_from_maps(maps.np_prob[index], maps.hv[index], pp)
+    if haematoxylin is not None and pp.min_haematoxylin > 0:
+        inst, _ = drop_pale_instances(inst, haematoxylin, pp.min_haematoxylin)
     n = int(inst.max())
     if maps.tp_prob is None:
         return TileNuclei(inst, np.zeros(n, np.int32), np.ones(n, np.float32))
@@ -155,8 +190,8 @@ def nuclei_from_maps(maps: HoVerNetMaps, index: int, postprocess: PostProcessCon
 
 
 def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.device | None = None,
-                       postprocess: PostProcessConfig | None = None, batch_size: int | None = None
-                       ) -> BatchSegmentation:
+                       postprocess: PostProcessConfig | None = None, batch_size: int | None = None,
+                       stain=None) -> BatchSegmentation:
     """Segment and type the nuclei of a batch of RGB tiles.
 
     Parameters
@@ -169,6 +204,9 @@ def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.d
         Default: the settings stored with the model (``model.postprocess``), else the reference's.
     batch_size : int, optional
         Tiles per forward pass (default as in :func:`predict_maps`).
+    stain : pathgen.stain.StainFit, optional
+        Reference of the stain check (``min_haematoxylin``), fitted once for the slide the tiles come from;
+        default: fitted on this batch. The check is skipped when there is no stained tissue to fit.
 
     Returns
     -------
@@ -177,5 +215,11 @@ def segment_tile_batch(model: HoVerNet, batch: np.ndarray, device: str | torch.d
         holds the NP/HV/TP maps.
     """
     maps = predict_maps(model, batch, device=device, batch_size=batch_size)
-    pp = postprocess or getattr(model, "postprocess", None)
-    return BatchSegmentation([nuclei_from_maps(maps, i, pp) for i in range(len(maps.np_prob))], maps)
+    pp = postprocess or getattr(model, "postprocess", None) or PostProcessConfig()
+    arr = _as_batch(batch)
+    h_rel = None
+    if pp.min_haematoxylin > 0:
+        stain = stain if stain is not None else fit_haematoxylin_reference(arr)
+        h_rel = None if stain is None else relative_haematoxylin(arr, stain)
+    return BatchSegmentation([nuclei_from_maps(maps, i, pp, None if h_rel is None else h_rel[i])
+                              for i in range(len(maps.np_prob))], maps)

@@ -14,7 +14,11 @@ appearance and the class pyramid is derived from it. Outputs for ``OUT`` (a fold
 * ``nuclei.geojson`` — FeatureCollection QuPath imports: one polygon per nucleus in level-0 slide pixels, with
   ``classification`` name and colour, ``probability`` and ``id``;
 * ``nuclei.csv`` — id, centroid (level-0 px), area (px at the model's mpp and µm²), type, type name, probability;
-* ``segment.json`` — the configuration, versions, checkpoint hash and counts.
+* ``segment.json`` — the configuration, versions, checkpoint hash, counts and the stain check's reference.
+
+The stain check (``PostProcessConfig.min_haematoxylin``) measures haematoxylin under one Macenko fit of the whole
+slide (tissue tiles sampled across it, as slide-level stain normalisation does), never per window, so it cannot
+make the result depend on the tiling.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class SegmentConfig:
     threads: int | None = None
     skip_background: bool = True
     min_area: int | None = None  # override the checkpoint's post-processing minimum nucleus area (px)
+    min_haematoxylin: float | None = None  # override the checkpoint's stain check (0 = off)
     extra: dict = field(default_factory=dict)
 
 
@@ -65,9 +70,14 @@ class SegmentTiles:
     wants_origins = True
 
     def __init__(self, checkpoint: str, tile: int, overlap: int, grid_nx: int, device: str = "cpu",
-                 level0_per_px: tuple[float, float] = (1.0, 1.0), min_area: int | None = None):
+                 level0_per_px: tuple[float, float] = (1.0, 1.0), min_area: int | None = None,
+                 stain=None, min_haematoxylin: float | None = None):
         self.checkpoint, self.tile, self.overlap, self.nx = str(checkpoint), tile, overlap, grid_nx
         self.device, self.scale, self.min_area = device, level0_per_px, min_area
+        # the slide's stain fit for the stain check; without one the check is off (a per-window fit would make
+        # the nuclei depend on the tiling)
+        self.stain = stain
+        self.min_haematoxylin = 0.0 if stain is None else min_haematoxylin
         self._model = self._postprocess = None
         self._lock = threading.Lock()
 
@@ -92,6 +102,8 @@ class SegmentTiles:
                 pp = read_checkpoint_config(self.checkpoint).get("postprocess") or {}
                 if self.min_area is not None:
                     pp = {**pp, "min_size": int(self.min_area)}
+                if self.min_haematoxylin is not None:
+                    pp = {**pp, "min_haematoxylin": float(self.min_haematoxylin)}
                 self._postprocess = PostProcessConfig(**pp)
                 self._model = model
         return self._model
@@ -103,7 +115,7 @@ class SegmentTiles:
         from pathgen.segment.infer import segment_tile_batch
 
         model = self._load()
-        seg = segment_tile_batch(model, batch, device=self.device, postprocess=self._postprocess)
+        seg = segment_tile_batch(model, batch, device=self.device, postprocess=self._postprocess, stain=self.stain)
         out = np.zeros(batch.shape[:3] + (1,), np.int64)
         records = []
         o, t = self.overlap, self.tile
@@ -194,6 +206,37 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _min_haematoxylin(checkpoint, config: SegmentConfig) -> float:
+    """The stain check's threshold of a run: the override, else the checkpoint's, else the default."""
+    from pathgen.segment.checkpoint import read_checkpoint_config
+    from pathgen.segment.postprocess import PostProcessConfig
+
+    if config.min_haematoxylin is not None:
+        return float(config.min_haematoxylin)
+    pp = read_checkpoint_config(checkpoint).get("postprocess") or {}
+    return float(pp.get("min_haematoxylin", PostProcessConfig.min_haematoxylin))
+
+
+def _stain_reference(slide, tissue, checkpoint, config: SegmentConfig):
+    """One Macenko fit of the whole slide for the stain check, and its record for ``segment.json``.
+
+    Returns ``(fit or None, record)``; the check is off (fit None) when its threshold is 0 or the slide has no
+    stained tissue to fit.
+    """
+    from pathgen.stain import StainNormalizer
+    from pathgen.stain.slide import fit_slide
+
+    threshold = _min_haematoxylin(checkpoint, config)
+    if threshold <= 0:
+        return None, {"min_haematoxylin": 0.0, "status": "off"}
+    try:
+        fit = fit_slide(slide, StainNormalizer("macenko"), level=0, mask=tissue)
+    except PathgenError as exc:
+        return None, {"min_haematoxylin": threshold, "status": f"off: {exc.problem}"}
+    return fit, {"min_haematoxylin": threshold, "status": "on", "haematoxylin_vector": fit.vectors[0].tolist(),
+                 "haematoxylin_p99": float(fit.concentration_percentiles[0]), "i0": fit.i0.tolist()}
+
+
 def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkpoint: str | os.PathLike,
             config: SegmentConfig = SegmentConfig(), slide_mpp: float | None = None, overwrite: bool = False,
             tissue=None) -> dict:
@@ -242,8 +285,9 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
             if len(grid) >= 2 ** 31 // (LOCAL_BITS * TYPE_BITS):
                 raise PathgenError(f"too many tiles ({len(grid)}) for the id encoding; use a larger --tile-size",
                                    input_path)
+            stain, stain_check = _stain_reference(slide, tissue, checkpoint, config)
             fn = SegmentTiles(str(checkpoint), config.tile_size, config.overlap, grid.nx, config.device,
-                              source.level0_per_px, config.min_area)
+                              source.level0_per_px, config.min_area, stain, config.min_haematoxylin)
             spool = _RecordSpool(spool_path)
             lut: dict[int, int] = {}
             types: dict[int, int] = {}
@@ -306,7 +350,7 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
                    "mpp": None if out_mpp is None else list(out_mpp), "shape": [int(source.height), int(source.width)],
                    "checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(Path(checkpoint)),
                    "windows": report.windows, "processed": report.processed, "skipped": report.skipped,
-                   "outputs": list(names)}
+                   "stain_check": stain_check, "outputs": list(names)}
         save_run_config(out, config, extra=summary, json_path=out / "segment.json")
     finally:
         spool_path.unlink(missing_ok=True)  # the spool never outlives the run, failed or not
@@ -328,8 +372,11 @@ def segment_array(image: np.ndarray, checkpoint: str | os.PathLike, config: Segm
     from pathgen.engine import TileGrid
 
     grid = TileGrid(image.shape[1], image.shape[0], config.tile_size, config.overlap)
+    from pathgen.segment.infer import fit_haematoxylin_reference
+
+    stain = fit_haematoxylin_reference(image) if _min_haematoxylin(checkpoint, config) > 0 else None
     fn = SegmentTiles(str(checkpoint), config.tile_size, config.overlap, grid.nx, config.device,
-                      (1.0, 1.0), config.min_area)
+                      (1.0, 1.0), config.min_area, stain, config.min_haematoxylin)
     cfg = EngineConfig(tile_size=config.tile_size, overlap=config.overlap, batch_size=config.batch_size,
                        blend="max", threads=config.threads or 1, background=0, skip_background=False)
     records: list[dict] = []
