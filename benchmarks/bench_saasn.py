@@ -120,11 +120,12 @@ def source_dirs(work: Path, split: str) -> list[Path]:
 
 def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0,
           arch: str = "small", cycle_warmup: int | None = None, saasn_run: Path | None = None,
-          ablation_run: Path | None = None) -> None:
+          ablation_run: Path | None = None, colour_pool: int | None = None) -> None:
     """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``arch`` preset; runs go
     to ``runs/NAME`` (``runs/NAME-ARCH`` for other presets than ``small``). ``cycle_warmup`` overrides the
     preset's L1-cycle warm-up steps (``TrainConfig.cycle_warmup_steps``); ``saasn_run`` / ``ablation_run``
-    replace the default run folders (an existing run there is resumed)."""
+    replace the default run folders (an existing run there is resumed); ``colour_pool`` overrides the preset's
+    ``SAASNConfig.colour_pool``."""
     import torch
 
     from pathgen.saasn.data import DataConfig
@@ -147,7 +148,11 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
         out.parent.mkdir(parents=True, exist_ok=True)
         resume = (out / "state" / "training.json").is_file()
         t0 = time.perf_counter()
-        res = train_saasn(out, data, preset(arch), losses, tcfg, resume=resume, epochs=epochs, quiet=True)
+        model = preset(arch)
+        if colour_pool is not None:
+            model.colour_pool = colour_pool
+            model.__post_init__()
+        res = train_saasn(out, data, model, losses, tcfg, resume=resume, epochs=epochs, quiet=True)
         print(f"{name}: {res.epochs_done} epochs, {res.steps_done} steps in {time.perf_counter() - t0:.0f} s; "
               f"last epoch {json.dumps({k: round(v, 4) for k, v in res.last_epoch_means.items()})}", flush=True)
 
@@ -290,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="small", help="architecture preset (pathgen.saasn.networks.PRESETS)")
     ap.add_argument("--cycle-warmup", type=int, default=None,
                     help="steps over which the L1 cycle weight rises from 0 (default: the preset's)")
+    ap.add_argument("--colour-pool", type=int, default=None,
+                    help="override the preset's colour-field grid (SAASNConfig.colour_pool)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.work)
     if args.step in ("train", "all"):
         train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch, args.cycle_warmup,
-              args.saasn_run, args.ablation_run)
+              args.saasn_run, args.ablation_run, args.colour_pool)
     if args.step in ("eval", "all"):
         evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append, arch=args.arch)
     if args.step in ("ship", "all"):

@@ -91,13 +91,14 @@ class LossConfig:
         return cls(adversarial=adversarial, beta=0.0, gamma=0.0, boundary_control=False)
 
 
-def adversarial_loss(output: torch.Tensor, real: bool, kind: str = "lsgan") -> torch.Tensor:
+def adversarial_loss(output: torch.Tensor | tuple[torch.Tensor, ...], real: bool, kind: str = "lsgan") -> torch.Tensor:
     """Adversarial loss of a discriminator output map against the label "real" (1) or "fake" (0).
 
     Parameters
     ----------
-    output : tensor, shape (B, 1, h, w)
-        Raw discriminator outputs (logits for ``"bce"``).
+    output : tensor, shape (B, 1, h, w), or a tuple of such maps
+        Raw discriminator outputs (logits for ``"bce"``); a tuple (patch and pixel branches) gives the sum of
+        the maps' losses.
     real : bool
     kind : {"lsgan", "bce"}
 
@@ -105,6 +106,8 @@ def adversarial_loss(output: torch.Tensor, real: bool, kind: str = "lsgan") -> t
     -------
     Scalar tensor: mean over patches and batch.
     """
+    if isinstance(output, (tuple, list)):  # several decision maps (patch + pixel): their losses add
+        return sum(adversarial_loss(o, real, kind) for o in output)
     target = torch.full_like(output, 1.0 if real else 0.0)
     if kind == "lsgan":
         return F.mse_loss(output, target)

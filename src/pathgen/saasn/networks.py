@@ -91,6 +91,13 @@ class SAASNConfig:
         Average-pooling factor of the features the colour head reads (the colour field's resolution: one 3×3
         map per ``colour_pool`` pixels before bilinear upsampling); must divide ``2**g_depth``. Larger is
         smoother.
+    pixel_discriminator : bool
+        pathgen extension, off in the paper's architecture: every discriminator gets a second, pixel-wise branch
+        beside its PatchGAN (pix2pix's "PixelGAN": 1×1 convs, a decision per pixel, so it judges colour alone and
+        no texture). A colour-transform generator cannot change texture, so a PatchGAN that tells the
+        generated source sites from the real target by their texture gives it no useful gradient; the pixel
+        branch does. The discriminator then returns both decision maps and the adversarial losses of the two add
+        (as the several discriminators of pix2pixHD).
     """
 
     image_size: int = 128
@@ -109,6 +116,7 @@ class SAASNConfig:
     colour_transform: bool = False
     colour_space: str = "rgb"
     colour_pool: int = 4
+    pixel_discriminator: bool = False
 
     def __post_init__(self):
         if self.full_res_skip and self.colour_transform:
@@ -168,6 +176,10 @@ PRESETS: dict[str, SAASNConfig] = {
     # Macenko-style stain transform
     "small-od": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
                             attention_max_tokens=256, colour_transform=True, colour_space="od", colour_pool=16),
+    # small-od judged by discriminators with a pixel-wise (colour-only) branch beside the PatchGAN
+    "small-od-pixel": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3,
+                                  d_max_mult=8, attention_max_tokens=256, colour_transform=True, colour_space="od",
+                                  colour_pool=16, pixel_discriminator=True),
     "paper": SAASNConfig(image_size=128, ngf=64, g_depth=7, g_max_mult=8, ndf=64, d_layers=3, d_max_mult=8,
                          attention_max_tokens=1024),
 }
@@ -338,10 +350,19 @@ class PatchDiscriminator(nn.Module):
                 blocks.append(SelfAttention(width, cfg.attention, sn))
         blocks.append(_sn(nn.Conv2d(width, 1, 4, 1, 1), sn))
         self.net = nn.Sequential(*blocks)
+        # PixelGAN branch (SAASNConfig.pixel_discriminator): 1x1 convs only, one decision per pixel
+        self.pixel = nn.Sequential(
+            _sn(nn.Conv2d(3, cfg.ndf, 1), sn), nn.LeakyReLU(0.2),
+            _sn(nn.Conv2d(cfg.ndf, 2 * cfg.ndf, 1, bias=False), sn), _norm(cfg.norm, 2 * cfg.ndf), nn.LeakyReLU(0.2),
+            _sn(nn.Conv2d(2 * cfg.ndf, 1, 1), sn)) if cfg.pixel_discriminator else None
         init_weights(self, cfg.init_gain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 1, h, w)`` patch decisions; with the pixel branch, ``(patch, pixel)`` where ``pixel`` is
+        ``(B, 1, H, W)``."""
+        if self.pixel is None:
+            return self.net(x)
+        return self.net(x), self.pixel(x)
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:
