@@ -29,7 +29,8 @@ def train_saasn_command(
     output: Path = typer.Option(..., "-o", "--output", help="Run folder (generators, resume state, losses.csv, "
                                                             "samples/)."),
     preset: str = typer.Option("small", "--preset",
-                               help="tiny | small | small-colour | small-od | paper (architecture and defaults)."),
+                               help="tiny | small | small-colour | small-od | small-od-sn | small-od-pixel | paper "
+                                    "(architecture and defaults)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs (default: the preset's; paper "
                                                                 "100, decay over the second half)."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch",
@@ -49,7 +50,8 @@ def train_saasn_command(
     attention: Optional[str] = typer.Option(None, "--attention", help="sdpa | matmul | none."),
     cycle_warmup: Optional[int] = typer.Option(None, "--cycle-warmup",
                                                help="Steps over which the L1 cycle weight rises from 0 to --alpha "
-                                                    "(default: the preset's; 200 for small-colour, else 0)."),
+                                                    "(default: the preset's; 200 for small-colour and the "
+                                                    "small-od presets, else 0)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Read slides at this resolution (µm/px)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, sampling, buffers)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),

@@ -62,6 +62,13 @@ class SAASNConfig:
         Cap of the discriminator's width multiplier.
     norm : {"batch", "instance"}
         Normalisation after convs (the text chose BatchNorm).
+    d_norm : {"batch", "instance", "none"} or None
+        The discriminators' normalisation; None (default) uses ``norm``, as the text does. ``"none"`` leaves
+        spectral norm alone to condition them, as SAGAN's discriminator does. Why it matters for stain: real and
+        generated images reach a discriminator in separate batches, and BatchNorm re-centres each batch's
+        feature means, which is where a batch-wide colour cast shows: a BatchNorm discriminator learns to tell
+        a batch of faded tiles from a batch of well-stained ones several times more slowly (tested), and gives
+        the generator little push towards the target's stain.
     spectral_norm : bool
         Spectral normalisation on every conv of every network.
     attention : {"sdpa", "matmul", "none"}
@@ -93,8 +100,8 @@ class SAASNConfig:
         smoother.
     pixel_discriminator : bool
         pathgen extension, off in the paper's architecture: every discriminator gets a second, pixel-wise branch
-        beside its PatchGAN (pix2pix's "PixelGAN": 1×1 convs, a decision per pixel, so it judges colour alone and
-        no texture). A colour-transform generator cannot change texture, so a PatchGAN that tells the
+        beside its PatchGAN (pix2pix's "PixelGAN": 1×1 convs without normalisation, a decision per pixel, so it
+        judges colour alone and no texture). A colour-transform generator cannot change texture, so a PatchGAN that tells the
         generated source sites from the real target by their texture gives it no useful gradient; the pixel
         branch does. The discriminator then returns both decision maps and the adversarial losses of the two add
         (as the several discriminators of pix2pixHD).
@@ -117,6 +124,7 @@ class SAASNConfig:
     colour_space: str = "rgb"
     colour_pool: int = 4
     pixel_discriminator: bool = False
+    d_norm: str | None = None
 
     def __post_init__(self):
         if self.full_res_skip and self.colour_transform:
@@ -129,6 +137,8 @@ class SAASNConfig:
             raise PathgenError(f"colour_pool {self.colour_pool} must divide 2**g_depth ({2 ** self.g_depth})")
         if self.norm not in NORMS:
             raise PathgenError(f"unknown norm {self.norm!r} (choose {', '.join(NORMS)})")
+        if self.d_norm is not None and self.d_norm not in (*NORMS, "none"):
+            raise PathgenError(f"unknown discriminator norm {self.d_norm!r} (choose {', '.join(NORMS)}, none)")
         for name in ("image_size", "ngf", "g_depth", "g_max_mult", "ndf", "d_layers", "d_max_mult"):
             if int(getattr(self, name)) < 1:
                 raise PathgenError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -176,10 +186,14 @@ PRESETS: dict[str, SAASNConfig] = {
     # Macenko-style stain transform
     "small-od": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
                             attention_max_tokens=256, colour_transform=True, colour_space="od", colour_pool=16),
-    # small-od judged by discriminators with a pixel-wise (colour-only) branch beside the PatchGAN
+    # small-od with SAGAN-style discriminators (spectral norm, no BatchNorm), which see a batch's colour cast
+    "small-od-sn": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
+                               attention_max_tokens=256, colour_transform=True, colour_space="od", colour_pool=16,
+                               d_norm="none"),
+    # small-od-sn with a pixel-wise (colour-only) branch beside each PatchGAN
     "small-od-pixel": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3,
                                   d_max_mult=8, attention_max_tokens=256, colour_transform=True, colour_space="od",
-                                  colour_pool=16, pixel_discriminator=True),
+                                  colour_pool=16, pixel_discriminator=True, d_norm="none"),
     "paper": SAASNConfig(image_size=128, ngf=64, g_depth=7, g_max_mult=8, ndf=64, d_layers=3, d_max_mult=8,
                          attention_max_tokens=1024),
 }
@@ -204,6 +218,8 @@ def _sn(module: nn.Module, enabled: bool) -> nn.Module:
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
     return nn.InstanceNorm2d(channels, affine=True)
 
 
@@ -336,13 +352,14 @@ class PatchDiscriminator(nn.Module):
         self.config = config
         cfg = config
         sn = cfg.spectral_norm
+        norm = cfg.d_norm or cfg.norm
         blocks: list[nn.Module] = [_sn(nn.Conv2d(3, cfg.ndf, 4, 2, 1), sn), nn.LeakyReLU(0.2)]
         width = cfg.ndf
         side = cfg.image_size // 2
         for j in range(1, cfg.d_layers + 1):
             stride = 2 if j < cfg.d_layers else 1
             out = cfg.ndf * min(2 ** j, cfg.d_max_mult)
-            blocks += [_sn(nn.Conv2d(width, out, 4, stride, 1, bias=False), sn), _norm(cfg.norm, out),
+            blocks += [_sn(nn.Conv2d(width, out, 4, stride, 1, bias=norm == "none"), sn), _norm(norm, out),
                        nn.LeakyReLU(0.2)]
             width = out
             side = side // 2 if stride == 2 else side - 1
@@ -350,10 +367,11 @@ class PatchDiscriminator(nn.Module):
                 blocks.append(SelfAttention(width, cfg.attention, sn))
         blocks.append(_sn(nn.Conv2d(width, 1, 4, 1, 1), sn))
         self.net = nn.Sequential(*blocks)
-        # PixelGAN branch (SAASNConfig.pixel_discriminator): 1x1 convs only, one decision per pixel
+        # PixelGAN branch (SAASNConfig.pixel_discriminator): 1x1 convs, one decision per pixel; no normalisation,
+        # which would re-centre each batch's colours (see SAASNConfig.d_norm)
         self.pixel = nn.Sequential(
             _sn(nn.Conv2d(3, cfg.ndf, 1), sn), nn.LeakyReLU(0.2),
-            _sn(nn.Conv2d(cfg.ndf, 2 * cfg.ndf, 1, bias=False), sn), _norm(cfg.norm, 2 * cfg.ndf), nn.LeakyReLU(0.2),
+            _sn(nn.Conv2d(cfg.ndf, 2 * cfg.ndf, 1), sn), nn.LeakyReLU(0.2),
             _sn(nn.Conv2d(2 * cfg.ndf, 1, 1), sn)) if cfg.pixel_discriminator else None
         init_weights(self, cfg.init_gain)
 

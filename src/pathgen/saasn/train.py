@@ -123,6 +123,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     # the colour-transform generators start at the identity: the L1 cycle weight is warmed up (TrainConfig)
     "small-colour": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
     "small-od": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
+    "small-od-sn": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
     "small-od-pixel": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
     "paper": TrainConfig(epochs=100, batch_size=16, preview=4),
 }
