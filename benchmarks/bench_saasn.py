@@ -120,12 +120,14 @@ def source_dirs(work: Path, split: str) -> list[Path]:
 
 def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0,
           arch: str = "small", cycle_warmup: int | None = None, saasn_run: Path | None = None,
-          ablation_run: Path | None = None, colour_pool: int | None = None) -> None:
+          ablation_run: Path | None = None, colour_pool: int | None = None,
+          weights: dict[str, float] | None = None) -> None:
     """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``arch`` preset; runs go
     to ``runs/NAME`` (``runs/NAME-ARCH`` for other presets than ``small``). ``cycle_warmup`` overrides the
     preset's L1-cycle warm-up steps (``TrainConfig.cycle_warmup_steps``); ``saasn_run`` / ``ablation_run``
     replace the default run folders (an existing run there is resumed); ``colour_pool`` overrides the preset's
-    ``SAASNConfig.colour_pool``."""
+    ``SAASNConfig.colour_pool``; ``weights`` (``alpha``, ``beta``, ``gamma``, ``delta``) override the SAASN run's
+    loss weights (the ablation keeps the CycleGAN objective's)."""
     import torch
 
     from pathgen.saasn.data import DataConfig
@@ -136,7 +138,7 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
     torch.set_num_threads(1)
     data = DataConfig([str(p) for p in source_dirs(work, "train")], [str(work / "train" / "target")],
                       balance="sites")
-    runs = {"saasn": LossConfig(), "cyclegan": LossConfig.cyclegan()}
+    runs = {"saasn": LossConfig(**(weights or {})), "cyclegan": LossConfig.cyclegan()}
     for name, losses in runs.items():
         if which not in ("both", name):
             continue
@@ -214,6 +216,17 @@ def _architecture_note(model: dict) -> str:
     return "the paper's pix2pix U-Net"
 
 
+def _loss_note(losses: dict) -> str:
+    """The run's loss weights for TRAINED_WITH.md, with the departure from the text's weights spelled out."""
+    w = {k: float(losses[k]) for k in ("alpha", "beta", "gamma", "delta")}
+    text = (f"Loss weights α = {w['alpha']:g}, β = {w['beta']:g}, γ = {w['gamma']:g}, δ = {w['delta']:g}, "
+            f"{losses.get('adversarial', 'lsgan').upper()}, boundary control "
+            f"{'on' if losses.get('boundary_control', True) else 'off'}")
+    if w != {"alpha": 10.0, "beta": 10.0, "gamma": 10.0, "delta": 0.1}:
+        text += " (the text: α = β = γ = 10, δ = 0.1; see `benchmarks/RESULTS.md` for why and for the text's weights)"
+    return text
+
+
 def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR, arch: str = "small") -> None:
     """Copy the run's X→Y generator and config into ``dest`` with TRAINED_WITH.md (paths made repo-relative)."""
     import shutil
@@ -239,10 +252,15 @@ def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR, arch
                         if b is None or float(b["seconds"]) < float(a["seconds"]))
     steps_warm = int(train_cfg.get("cycle_warmup_steps", 0) or 0)
     warmup = ("" if not steps_warm else
-              f"; the L1 cycle weight α rises linearly from 0 to 10 over the first {steps_warm} steps "
+              f"; the L1 cycle weight α rises linearly from 0 to {float(run_info['losses']['alpha']):g} over the "
+              f"first {steps_warm} steps "
               "(`TrainConfig.cycle_warmup_steps`: the colour map starts at the identity, an exact zero of the L1 "
               "cycle loss whose slope there keeps the adversarial term from moving it; see `benchmarks/RESULTS.md`)")
     arch_opt = "" if arch == "small" else f" --arch {arch}"
+    text_weights = {"alpha": 10.0, "beta": 10.0, "gamma": 10.0, "delta": 0.1}
+    weight_opts = "".join(f" --{k} {float(run_info['losses'][k]):g}" for k, v in text_weights.items()
+                          if float(run_info["losses"][k]) != v)
+    run_opt = "" if run == run_dir(work, "saasn", arch) else f" --saasn-run {os.path.relpath(run, repo)}"
     note = ("" if run_info.get("resumed_at_epoch") is None else
             f"The run was interrupted and resumed at epoch {run_info['resumed_at_epoch']} (resume is exact).\n")
     text = f"""# SAASN small model (X→Y generator)
@@ -256,7 +274,7 @@ Trained on CPU (one torch thread) from the repository's sample data:
 
 Architecture preset `{arch}` ({run_info["parameters"]["generator"]:,} generator parameters, {size_mb:.1f} MB):
 {_architecture_note(run_info["model"])}.
-Loss weights α = β = γ = 10, δ = 0.1, LSGAN, boundary control on{warmup}. Adam 2e-4 (0.5, 0.999), batch
+{_loss_note(run_info["losses"])}{warmup}. Adam 2e-4 (0.5, 0.999), batch
 {train_cfg["batch_size"]}, 128-px crops, {train_cfg["epochs"]} epochs × {run_info["steps_per_epoch"]} steps, linear
 learning-rate decay over the second half, seed {train_cfg["seed"]}. Training loop wall time (losses.csv):
 {train_seconds / 60:.0f} min on 2 CPU cores shared with other jobs.
@@ -265,14 +283,14 @@ Exact commands (from the repository root):
 
 ```
 python benchmarks/bench_saasn.py prepare
-python benchmarks/bench_saasn.py train --which saasn{arch_opt} --epochs {train_cfg["epochs"]} --steps {run_info["steps_per_epoch"]} --seed {train_cfg["seed"]}
-python benchmarks/bench_saasn.py ship{arch_opt}
+python benchmarks/bench_saasn.py train --which saasn{arch_opt}{weight_opts} --epochs {train_cfg["epochs"]} --steps {run_info["steps_per_epoch"]} --seed {train_cfg["seed"]}{run_opt}
+python benchmarks/bench_saasn.py ship{arch_opt}{run_opt}
 ```
 
 `train` calls `pathgen.saasn.train.train_saasn`; the same run from the command line is
 
 ```
-pathgen train saasn --preset {arch} --balance sites --epochs {train_cfg["epochs"]} --steps-per-epoch {run_info["steps_per_epoch"]} \\
+pathgen train saasn --preset {arch}{weight_opts} --balance sites --epochs {train_cfg["epochs"]} --steps-per-epoch {run_info["steps_per_epoch"]} \\
     --batch-size {train_cfg["batch_size"]} --seed {train_cfg["seed"]} --device cpu --threads 1 \\
     --source benchmarks/work/saasn/train/B --source benchmarks/work/saasn/train/C \\
     --source benchmarks/work/saasn/train/D --source benchmarks/work/saasn/train/cmu \\
@@ -297,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps over which the L1 cycle weight rises from 0 (default: the preset's)")
     ap.add_argument("--colour-pool", type=int, default=None,
                     help="override the preset's colour-field grid (SAASNConfig.colour_pool)")
+    for w in ("alpha", "beta", "gamma", "delta"):
+        ap.add_argument(f"--{w}", type=float, default=None, help=f"SAASN loss weight {w} (default: the text's)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -308,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(args.work)
     if args.step in ("train", "all"):
         train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch, args.cycle_warmup,
-              args.saasn_run, args.ablation_run, args.colour_pool)
+              args.saasn_run, args.ablation_run, args.colour_pool,
+              {w: getattr(args, w) for w in ("alpha", "beta", "gamma", "delta") if getattr(args, w) is not None})
     if args.step in ("eval", "all"):
         evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append, arch=args.arch)
     if args.step in ("ship", "all"):

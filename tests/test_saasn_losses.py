@@ -357,3 +357,31 @@ def test_batchnorm_discriminator_is_slow_to_tell_batches_apart_by_their_colour_c
     assert plain < 0.05 and batchnorm > 3 * plain
     with pytest.raises(PathgenError):
         SAASNConfig(d_norm="layer")
+
+
+def test_stain_branch_reads_tissue_od_statistics_only():
+    from dataclasses import replace
+
+    from pathgen.saasn.networks import StainStatistics
+
+    critic = StainStatistics(16)
+    od = torch.tensor([0.6, 1.0, 0.5])
+    stained = 2 * torch.exp(-od) - 1  # one stain colour, in [-1, 1]
+    x = torch.full((1, 3, 32, 32), 0.99)  # glass (OD 0.005)
+    x[..., :, :16] = stained.view(1, 3, 1, 1)  # left half stained
+    stats = critic.statistics(x)[0]
+    torch.testing.assert_close(stats[:3], od, atol=0, rtol=0.02)  # glass (weight < 1 %) barely dilutes the mean
+    assert stats[3:].abs().max() < 0.1  # one colour: (almost) no covariance; glass weighs < 1 %
+    two = x.clone()
+    two[..., :, 8:16] = (2 * torch.exp(-od / 2) - 1).view(1, 3, 1, 1)  # a second, paler stain in the tissue
+    assert critic.statistics(two)[0, 3:].abs().max() > 0.4
+    # one decision per image, blind to where the pixels are
+    d = PatchDiscriminator(replace(preset("tiny"), stain_discriminator=True, d_norm="none"))
+    y = _batch(3)
+    patch, stain = d(y)
+    assert patch.shape == (2, 1, 6, 6) and stain.shape == (2, 1, 1, 1)
+    perm = torch.randperm(32 * 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(d(y.flatten(2)[..., perm].reshape(y.shape))[1], stain)
+    # both extra branches together: patch, pixel, stain
+    both = PatchDiscriminator(replace(preset("tiny"), stain_discriminator=True, pixel_discriminator=True))(y)
+    assert [t.shape[-1] for t in both] == [6, 32, 1]

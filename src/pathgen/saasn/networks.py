@@ -62,6 +62,12 @@ class SAASNConfig:
         Cap of the discriminator's width multiplier.
     norm : {"batch", "instance"}
         Normalisation after convs (the text chose BatchNorm).
+    stain_discriminator : bool
+        pathgen extension, off in the paper's architecture: every discriminator gets a third branch that judges
+        an image's stain alone, from the tissue-weighted mean and covariance of its optical densities (nine
+        numbers per image, :class:`StainStatistics`), one decision per image. Stain is a property of the whole
+        image; a PatchGAN that tells sites apart by their tissue's texture (as it does when the target is one
+        slide of another tissue) gives a recolouring generator no gradient towards the target's stain.
     d_norm : {"batch", "instance", "none"} or None
         The discriminators' normalisation; None (default) uses ``norm``, as the text does. ``"none"`` leaves
         spectral norm alone to condition them, as SAGAN's discriminator does. Why it matters for stain: real and
@@ -100,8 +106,8 @@ class SAASNConfig:
         smoother.
     pixel_discriminator : bool
         pathgen extension, off in the paper's architecture: every discriminator gets a second, pixel-wise branch
-        beside its PatchGAN (pix2pix's "PixelGAN": 1×1 convs without normalisation, a decision per pixel, so it
-        judges colour alone and no texture). A colour-transform generator cannot change texture, so a PatchGAN that tells the
+        beside its PatchGAN (pix2pix's "PixelGAN": 1×1 convs without normalisation or spectral norm, a decision
+        per pixel, so it judges colour alone and no texture). A colour-transform generator cannot change texture, so a PatchGAN that tells the
         generated source sites from the real target by their texture gives it no useful gradient; the pixel
         branch does. The discriminator then returns both decision maps and the adversarial losses of the two add
         (as the several discriminators of pix2pixHD).
@@ -125,6 +131,7 @@ class SAASNConfig:
     colour_pool: int = 4
     pixel_discriminator: bool = False
     d_norm: str | None = None
+    stain_discriminator: bool = False
 
     def __post_init__(self):
         if self.full_res_skip and self.colour_transform:
@@ -194,6 +201,10 @@ PRESETS: dict[str, SAASNConfig] = {
     "small-od-pixel": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3,
                                   d_max_mult=8, attention_max_tokens=256, colour_transform=True, colour_space="od",
                                   colour_pool=16, pixel_discriminator=True, d_norm="none"),
+    # small-od-sn with a stain-statistics branch beside each PatchGAN
+    "small-od-stain": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3,
+                                  d_max_mult=8, attention_max_tokens=256, colour_transform=True, colour_space="od",
+                                  colour_pool=16, stain_discriminator=True, d_norm="none"),
     "paper": SAASNConfig(image_size=128, ngf=64, g_depth=7, g_max_mult=8, ndf=64, d_layers=3, d_max_mult=8,
                          attention_max_tokens=1024),
 }
@@ -344,6 +355,34 @@ class UNetGenerator(nn.Module):
         return h
 
 
+class StainStatistics(nn.Module):
+    """A stain critic: ``(B, 3, H, W)`` in [-1, 1] → ``(B, 1, 1, 1)``, one decision per image from its optical
+    densities' tissue-weighted mean (3) and covariance (6 upper-triangle entries, ×10 to the means' scale).
+
+    Tissue weight: a sigmoid of the OD norm around 0.15 (Macenko's transparency threshold), soft so that the
+    statistics stay differentiable and glass does not count.
+    """
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(9, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
+                                 nn.LeakyReLU(0.2), nn.Linear(width, 1))
+        self.register_buffer("upper", torch.triu_indices(3, 3), persistent=False)
+
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 9)``: tissue-weighted OD mean and 10 × covariance (upper triangle)."""
+        od = -torch.log(((x + 1.0) * 0.5).clamp(min=OD_FLOOR))
+        w = torch.sigmoid((od.norm(dim=1, keepdim=True) - 0.15) / 0.03)
+        total = w.sum(dim=(2, 3)).clamp(min=1.0)
+        mean = (od * w).sum(dim=(2, 3)) / total
+        centred = od - mean[..., None, None]
+        cov = torch.einsum("bihw,bjhw->bij", centred * w, centred) / total[..., None]
+        return torch.cat([mean, 10.0 * cov[:, self.upper[0], self.upper[1]]], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.statistics(x)).view(-1, 1, 1, 1)
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN discriminator: ``(B, 3, H, W)`` in [-1, 1] → ``(B, 1, h, w)`` logits (one decision per patch)."""
 
@@ -367,20 +406,28 @@ class PatchDiscriminator(nn.Module):
                 blocks.append(SelfAttention(width, cfg.attention, sn))
         blocks.append(_sn(nn.Conv2d(width, 1, 4, 1, 1), sn))
         self.net = nn.Sequential(*blocks)
-        # PixelGAN branch (SAASNConfig.pixel_discriminator): 1x1 convs, one decision per pixel; no normalisation,
-        # which would re-centre each batch's colours (see SAASNConfig.d_norm)
+        # PixelGAN branch (SAASNConfig.pixel_discriminator): 1x1 convs, one decision per pixel. No normalisation,
+        # which would re-centre each batch's colours (see SAASNConfig.d_norm), and no spectral norm: a 1-Lipschitz
+        # map of colours in [-1, 1] cannot give stains a few tenths apart decisions further apart than that, so
+        # its verdict, and the generator's gradient, would stay faint (measured: 0.36 vs 0.53 for a faded site
+        # and the target). A three-layer colour MLP is stable without it.
         self.pixel = nn.Sequential(
-            _sn(nn.Conv2d(3, cfg.ndf, 1), sn), nn.LeakyReLU(0.2),
-            _sn(nn.Conv2d(cfg.ndf, 2 * cfg.ndf, 1), sn), nn.LeakyReLU(0.2),
-            _sn(nn.Conv2d(2 * cfg.ndf, 1, 1), sn)) if cfg.pixel_discriminator else None
+            nn.Conv2d(3, 4 * cfg.ndf, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * cfg.ndf, 4 * cfg.ndf, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * cfg.ndf, 1, 1)) if cfg.pixel_discriminator else None
+        self.stain = StainStatistics(4 * cfg.ndf) if cfg.stain_discriminator else None
         init_weights(self, cfg.init_gain)
+        if self.pixel is not None:  # PyTorch's default (Kaiming-uniform) start: N(0, 0.02) would mute an MLP
+            for m in self.pixel:
+                if isinstance(m, nn.Conv2d):
+                    m.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 1, h, w)`` patch decisions; with the pixel branch, ``(patch, pixel)`` where ``pixel`` is
-        ``(B, 1, H, W)``."""
-        if self.pixel is None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """``(B, 1, h, w)`` patch decisions; with extra branches a tuple: the patch map, then the pixel map
+        ``(B, 1, H, W)`` and the stain decision ``(B, 1, 1, 1)`` of those configured."""
+        if self.pixel is None and self.stain is None:
             return self.net(x)
-        return self.net(x), self.pixel(x)
+        return (self.net(x), *(b(x) for b in (self.pixel, self.stain) if b is not None))
 
 
 def init_weights(module: nn.Module, gain: float = 0.02) -> None:

@@ -125,6 +125,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "small-od": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
     "small-od-sn": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
     "small-od-pixel": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
+    "small-od-stain": TrainConfig(epochs=20, batch_size=4, preview=4, cycle_warmup_steps=200),
     "paper": TrainConfig(epochs=100, batch_size=16, preview=4),
 }
 
