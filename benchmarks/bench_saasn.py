@@ -109,6 +109,52 @@ def prepare(work: Path = WORK) -> None:
         print(f"{split}/target: {n} tiles", flush=True)
 
 
+TARGET_SYNTH = 250  # generated tiles in the target's stain: with the 84 real target tiles, Y is 3/4 generated like X
+
+
+def target_site(work: Path = WORK):
+    """A generator site stained like the real target image: Macenko H and E vectors and I0 fitted on the target's
+    training tiles; concentration scales so that generated tissue's 99th-percentile H and E concentrations match
+    the target's."""
+    from pathgen.data.stains import SiteStain, get_site
+    from pathgen.data.synth import render_tile, tile_seed
+    from pathgen.saasn.evaluate import load_tiles
+    from pathgen.stain import StainNormalizer
+
+    norm = StainNormalizer("macenko", i0=None)
+    target = norm.fit_images(load_tiles(work / "train" / "target")[1])
+    h, e = target.vectors
+    residual = np.abs(np.cross(h, e))
+    i0 = tuple(float(v) for v in target.i0)
+    unit = SiteStain("Y-unit", np.stack([h, e, residual]), i0, (1.0, 1.0, 1.0), "")
+    probe = norm.fit_images([render_tile(TILE, tile_seed(7, i), unit).image for i in range(8)])
+    scale = target.concentration_percentiles / np.maximum(probe.concentration_percentiles, 1e-6)
+    return SiteStain("Y", np.stack([h, e, residual]), i0, (float(scale[0]), float(scale[1]), 1.0),
+                     "generated tissue in the real target image's stain (bench_saasn.target_site)")
+
+
+def prepare_target_synth(work: Path = WORK, count: int = TARGET_SYNTH) -> Path:
+    """Generated tiles stained like the target (:func:`target_site`) into ``work/train/target_synth``: with them
+    Y holds generated tissue as X does, so a discriminator cannot tell the domains apart by the tissue alone."""
+    from pathgen.data.synth import render_tile, tile_seed
+
+    folder = work / "train" / "target_synth"
+    if folder.is_dir() and len(list(folder.glob("*.png"))) >= count:
+        return folder
+    site = target_site(work)
+    i = kept = 0
+    while kept < count:
+        t = render_tile(TILE, tile_seed(3, i), site)
+        i += 1
+        if _tissue_share(t.image) < 0.3:
+            continue
+        _save(folder, f"Y_{kept:04d}", t.image)
+        kept += 1
+    print(f"train/target_synth: {kept} tiles (scale H {site.concentration_scale[0]:.2f}, "
+          f"E {site.concentration_scale[1]:.2f})", flush=True)
+    return folder
+
+
 def run_dir(work: Path, name: str, arch: str = "small") -> Path:
     """``runs/NAME`` for the ``small`` preset, ``runs/NAME-ARCH`` for the others."""
     return work / "runs" / (name if arch == "small" else f"{name}-{arch}")
@@ -121,13 +167,14 @@ def source_dirs(work: Path, split: str) -> list[Path]:
 def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 100, seed: int = 0,
           arch: str = "small", cycle_warmup: int | None = None, saasn_run: Path | None = None,
           ablation_run: Path | None = None, colour_pool: int | None = None,
-          weights: dict[str, float] | None = None) -> None:
+          weights: dict[str, float] | None = None, synthetic_target: bool = False) -> None:
     """Train SAASN (``saasn``) and the CycleGAN-style ablation (``cyclegan``) with the ``arch`` preset; runs go
     to ``runs/NAME`` (``runs/NAME-ARCH`` for other presets than ``small``). ``cycle_warmup`` overrides the
     preset's L1-cycle warm-up steps (``TrainConfig.cycle_warmup_steps``); ``saasn_run`` / ``ablation_run``
     replace the default run folders (an existing run there is resumed); ``colour_pool`` overrides the preset's
     ``SAASNConfig.colour_pool``; ``weights`` (``alpha``, ``beta``, ``gamma``, ``delta``) override the SAASN run's
-    loss weights (the ablation keeps the CycleGAN objective's)."""
+    loss weights (the ablation keeps the CycleGAN objective's); ``synthetic_target`` adds the generated tiles in the
+    target's stain (:func:`prepare_target_synth`) to Y."""
     import torch
 
     from pathgen.saasn.data import DataConfig
@@ -136,8 +183,10 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
     from pathgen.saasn.train import TRAIN_PRESETS, train_preset, train_saasn
 
     torch.set_num_threads(1)
-    data = DataConfig([str(p) for p in source_dirs(work, "train")], [str(work / "train" / "target")],
-                      balance="sites")
+    targets = [str(work / "train" / "target")]
+    if synthetic_target:
+        targets.append(str(prepare_target_synth(work)))
+    data = DataConfig([str(p) for p in source_dirs(work, "train")], targets, balance="sites")
     runs = {"saasn": LossConfig(**(weights or {})), "cyclegan": LossConfig.cyclegan()}
     for name, losses in runs.items():
         if which not in ("both", name):
@@ -317,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override the preset's colour-field grid (SAASNConfig.colour_pool)")
     for w in ("alpha", "beta", "gamma", "delta"):
         ap.add_argument(f"--{w}", type=float, default=None, help=f"SAASN loss weight {w} (default: the text's)")
+    ap.add_argument("--synthetic-target", action="store_true",
+                    help="add generated tissue in the target's stain to Y (prepare_target_synth)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -329,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.step in ("train", "all"):
         train(args.work, args.which, args.epochs, args.steps, args.seed, args.arch, args.cycle_warmup,
               args.saasn_run, args.ablation_run, args.colour_pool,
-              {w: getattr(args, w) for w in ("alpha", "beta", "gamma", "delta") if getattr(args, w) is not None})
+              {w: getattr(args, w) for w in ("alpha", "beta", "gamma", "delta") if getattr(args, w) is not None},
+              args.synthetic_target)
     if args.step in ("eval", "all"):
         evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append, arch=args.arch)
     if args.step in ("ship", "all"):
