@@ -12,6 +12,7 @@ import tifffile
 from pathgen.cli import main
 from pathgen.data.models import shipped_model
 from pathgen.data.synth import render_tile
+from pathgen.errors import PathgenError
 from pathgen.metrics import pq
 from pathgen.segment.slide import SegmentConfig, segment
 
@@ -107,6 +108,8 @@ def test_stain_check_keeps_generated_nuclei_and_can_be_switched_off(generated_sl
     b = tifffile.imread(tmp_path / "off" / "instances.tif", key=0)
     assert pq(b, a).pq > 0.95
     assert pq(truth, a).pq >= pq(truth, b).pq - 0.01
+    with pytest.raises(PathgenError, match="min-haematoxylin"):
+        SegmentConfig(min_haematoxylin=1.5)  # refused before any work
 
 
 def test_tile_function_loads_once_when_called_from_many_threads(monkeypatch):

@@ -56,6 +56,10 @@ class SegmentConfig:
     min_haematoxylin: float | None = None  # override the checkpoint's stain check (0 = off)
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.min_haematoxylin is not None and not 0.0 <= self.min_haematoxylin < 1.0:
+            raise PathgenError(f"--min-haematoxylin must lie in [0, 1), got {self.min_haematoxylin}")
+
 
 def encode_ids(window: int, local: np.ndarray, types: np.ndarray) -> np.ndarray:
     return ((window * LOCAL_BITS + local) * TYPE_BITS + types).astype(np.int64)
