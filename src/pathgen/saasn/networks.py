@@ -20,7 +20,7 @@ memory, and with the explicit product on smaller maps, where that is faster; ``"
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -107,8 +107,8 @@ class SAASNConfig:
     pixel_discriminator : bool
         pathgen extension, off in the paper's architecture: every discriminator gets a second, pixel-wise branch
         beside its PatchGAN (pix2pix's "PixelGAN": 1×1 convs without normalisation or spectral norm, a decision
-        per pixel, so it judges colour alone and no texture). A colour-transform generator cannot change texture, so a PatchGAN that tells the
-        generated source sites from the real target by their texture gives it no useful gradient; the pixel
+        per pixel, so it judges colour alone and no texture). A colour-transform generator cannot change texture,
+        so a PatchGAN that tells the generated source sites from the real target by their texture gives it no useful gradient; the pixel
         branch does. The discriminator then returns both decision maps and the adversarial losses of the two add
         (as the several discriminators of pix2pixHD).
     """
@@ -193,21 +193,14 @@ PRESETS: dict[str, SAASNConfig] = {
     # Macenko-style stain transform
     "small-od": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
                             attention_max_tokens=256, colour_transform=True, colour_space="od", colour_pool=16),
-    # small-od with SAGAN-style discriminators (spectral norm, no BatchNorm), which see a batch's colour cast
-    "small-od-sn": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3, d_max_mult=8,
-                               attention_max_tokens=256, colour_transform=True, colour_space="od", colour_pool=16,
-                               d_norm="none"),
-    # small-od-sn with a pixel-wise (colour-only) branch beside each PatchGAN
-    "small-od-pixel": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3,
-                                  d_max_mult=8, attention_max_tokens=256, colour_transform=True, colour_space="od",
-                                  colour_pool=16, pixel_discriminator=True, d_norm="none"),
-    # small-od-sn with a stain-statistics branch beside each PatchGAN
-    "small-od-stain": SAASNConfig(image_size=128, ngf=16, g_depth=7, g_max_mult=8, ndf=16, d_layers=3,
-                                  d_max_mult=8, attention_max_tokens=256, colour_transform=True, colour_space="od",
-                                  colour_pool=16, stain_discriminator=True, d_norm="none"),
     "paper": SAASNConfig(image_size=128, ngf=64, g_depth=7, g_max_mult=8, ndf=64, d_layers=3, d_max_mult=8,
                          attention_max_tokens=1024),
 }
+# small-od with SAGAN-style discriminators (spectral norm, no BatchNorm), which see a batch's colour cast; and that
+# with a pixel-wise (colour-only) or a stain-statistics branch beside each PatchGAN
+PRESETS["small-od-sn"] = replace(PRESETS["small-od"], d_norm="none")
+PRESETS["small-od-pixel"] = replace(PRESETS["small-od-sn"], pixel_discriminator=True)
+PRESETS["small-od-stain"] = replace(PRESETS["small-od-sn"], stain_discriminator=True)
 
 
 def preset(name: str) -> SAASNConfig:
@@ -347,12 +340,17 @@ class UNetGenerator(nn.Module):
             b, _, hh, ww = x.shape
             a = p[:, :9].view(b, 3, 3, hh, ww) + torch.eye(3, device=x.device, dtype=x.dtype).view(1, 3, 3, 1, 1)
             if self.config.colour_space == "od":
-                od = -torch.log(((x + 1.0) * 0.5).clamp(min=OD_FLOOR))
+                od = optical_density(x)
                 h = 2.0 * torch.exp(-torch.einsum("bijhw,bjhw->bihw", a, od)) - 1.0
                 h = h.clamp(-1.0, 1.0)
             else:
                 h = (torch.einsum("bijhw,bjhw->bihw", a, x) + p[:, 9:]).clamp(-1.0, 1.0)
         return h
+
+
+def optical_density(x: torch.Tensor) -> torch.Tensor:
+    """Optical density of images in [-1, 1] (intensity floored at ``OD_FLOOR``), same shape."""
+    return -torch.log(((x + 1.0) * 0.5).clamp(min=OD_FLOOR))
 
 
 class StainStatistics(nn.Module):
@@ -371,7 +369,7 @@ class StainStatistics(nn.Module):
 
     def statistics(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 9)``: tissue-weighted OD mean and 10 × covariance (upper triangle)."""
-        od = -torch.log(((x + 1.0) * 0.5).clamp(min=OD_FLOOR))
+        od = optical_density(x)
         w = torch.sigmoid((od.norm(dim=1, keepdim=True) - 0.15) / 0.03)
         total = w.sum(dim=(2, 3)).clamp(min=1.0)
         mean = (od * w).sum(dim=(2, 3)) / total
