@@ -208,8 +208,66 @@ def train(work: Path = WORK, which: str = "both", epochs: int = 8, steps: int = 
               f"last epoch {json.dumps({k: round(v, 4) for k, v in res.last_epoch_means.items()})}", flush=True)
 
 
+def select_strength(work: Path = WORK, saasn_run: Path | None = None, arch: str = "small", per_site: int = 50,
+                    strengths: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(1, 11))) -> float:
+    """Choose the stain-map strength on *training* tiles (never the test tiles) and print the sweep.
+
+    Rule: the largest strength whose mean grayscale SSIM over the X → Y directions is above both classical
+    methods' on the same tiles (the issue's structure bar); more strength moves the colours further towards the
+    target. ``per_site`` training tiles per site (the first ones), and the target's training tiles as reference.
+    """
+    from pathgen.metrics.image import ssim_gray
+    from pathgen.saasn.evaluate import colour_distance, evaluate_stain, load_tiles
+    from pathgen.saasn.infer import SaasnNormalizer
+    from pathgen.saasn.stainmap import StainMap, fit_stain_map
+
+    saasn_run = saasn_run or run_dir(work, "saasn", arch)
+    sel = work / "select"  # the first per_site training tiles of each site, linked (no copies)
+    for d in source_dirs(work, "train") + [work / "train" / "target"]:
+        (sel / d.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(d.glob("*.png"))[:per_site]:
+            link = sel / d.name / f.name
+            if not link.exists():
+                link.symlink_to(f.resolve())
+    sites = {d.name: sel / d.name for d in source_dirs(work, "train")}
+    cache = work / "select_cache.json"
+    if cache.is_file():
+        classical = json.loads(cache.read_text())
+    else:
+        classical = evaluate_stain(sites, sel / "target", methods=("macenko", "vahadane"), reverse=False)
+        cache.write_text(json.dumps(classical, indent=2) + "\n")
+    bar = max(float(np.mean([r["ssim_mean"] for r in classical["results"][m].values()])) for m in CLASSICAL_ROWS)
+    gen = SaasnNormalizer(saasn_run, device="cpu")
+    target = load_tiles(sel / "target")[1]
+    fitted = {}
+    for name, folder in sites.items():
+        tiles = load_tiles(folder)[1]
+        fitted[name] = (tiles, fit_stain_map(tiles, [gen(t) for t in tiles]))
+    print(f"strength selection on training tiles ({per_site} per site); classical SSIM bar {bar:.4f}")
+    for m in CLASSICAL_ROWS:
+        r = classical["results"][m]
+        print(f"  {m}: SSIM {np.mean([v['ssim_mean'] for v in r.values()]):.4f}, "
+              f"colour {np.mean([v['colour_swd'] for v in r.values()]):.3f}")
+    chosen = strengths[0]
+    for st in strengths:
+        ssims, colours = [], []
+        for name, (tiles, matrix) in fitted.items():
+            out = [StainMap(matrix, st)(t) for t in tiles]
+            ssims.append(np.mean([ssim_gray(o, t) for o, t in zip(out, tiles)]))
+            colours.append(colour_distance(out, tiles, target))
+        print(f"  saasn-map s={st:.1f}: SSIM {np.mean(ssims):.4f}, colour {np.mean(colours):.3f}", flush=True)
+        if np.mean(ssims) > bar:
+            chosen = st
+    print(f"chosen strength {chosen:.1f}")
+    return chosen
+
+
+CLASSICAL_ROWS = ("macenko", "vahadane")
+
+
 def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Path | None = None,
-             out_json: Path | None = None, append: bool = True, arch: str = "small") -> dict:
+             out_json: Path | None = None, append: bool = True, arch: str = "small",
+             strength: float | None = None, sweep: bool = False) -> dict:
     """Run :func:`pathgen.saasn.evaluate.evaluate_stain` on the test tiles and append the table to RESULTS.md."""
     from pathgen.saasn.evaluate import evaluate_stain, format_table
 
@@ -226,9 +284,16 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
         cache.write_text(json.dumps(cached, indent=2) + "\n")
     models = evaluate_stain(sources, work / "test" / "target", saasn=saasn_run,
                             ablation=ablation_run if ablation_run.exists() else None,
-                            methods=("saasn", "cyclegan"), device="cpu")
+                            methods=("saasn", "saasn-map", "cyclegan"), device="cpu", strength=strength)
     order = ["identity", "macenko", "vahadane", *models["methods"]]
-    report = {**models, "methods": order, "results": {**cached["results"], **models["results"]}}
+    report = {**models, "methods": order, "results": {**cached["results"], **models["results"]},
+              "strength": strength}
+    if sweep:  # the whole structure/colour trade-off of the stain map on the test tiles (analysis, not selection)
+        for st in (0.2, 0.4, 0.6, 0.8, 1.0):
+            row = evaluate_stain(sources, work / "test" / "target", saasn=saasn_run, methods=("saasn-map",),
+                                 device="cpu", strength=st)
+            report["methods"].append(f"saasn-map s={st:g}")
+            report["results"][f"saasn-map s={st:g}"] = row["results"]["saasn-map"]
     seconds = time.perf_counter() - t0
     table = format_table(report)
     print(table)
@@ -241,6 +306,8 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
         lines = [f"- test tiles ({TILE} px): {counts}",
                  f"- SAASN run: `{os.path.relpath(saasn_run, HERE.parent)}`; ablation run: "
                  f"`{os.path.relpath(ablation_run, HERE.parent)}`",
+                 f"- saasn-map: the same X→Y / Y→X generators in stain-map mode, strength "
+                 f"{report.get('strength', 'stored')} (one OD map per direction, fitted on that site's tiles pooled)",
                  f"- evaluation wall time: {seconds:.0f} s", "", table]
         append_results("SAASN stain normalisation (Table 4.1 protocol + colour distance)", lines)
     return report
@@ -276,8 +343,13 @@ def _loss_note(losses: dict) -> str:
     return text
 
 
-def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR, arch: str = "small") -> None:
-    """Copy the run's X→Y generator and config into ``dest`` with TRAINED_WITH.md (paths made repo-relative)."""
+def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR, arch: str = "small",
+         strength: float | None = None) -> None:
+    """Copy the run's X→Y generator and config into ``dest`` with TRAINED_WITH.md (paths made repo-relative).
+
+    With ``strength``, the model's default inference becomes the stain-map mode at that strength
+    (``config.json`` ``inference``); without, the generator paints every tile.
+    """
     import shutil
 
     run = run or run_dir(work, "saasn", arch)
@@ -288,6 +360,10 @@ def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR, arch
     cfg["generators"] = {"x2y": "generator.safetensors"}  # the reverse generator is not shipped (size)
     for key in ("sources", "targets"):
         cfg[key] = [os.path.relpath(p, repo) if os.path.isabs(p) else p for p in cfg.get(key, [])]
+    if strength is not None:
+        cfg["inference"] = {"mode": "stain-map", "strength": float(strength)}
+    else:
+        cfg.pop("inference", None)
     (dest / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     run_info = json.loads((run / "run.json").read_text())
     train_cfg = run_info["train"]
@@ -310,6 +386,23 @@ def ship(work: Path = WORK, run: Path | None = None, dest: Path = SHIP_DIR, arch
     weight_opts = "".join(f" --{k} {float(run_info['losses'][k]):g}" for k, v in text_weights.items()
                           if float(run_info["losses"][k]) != v)
     run_opt = "" if run == run_dir(work, "saasn", arch) else f" --saasn-run {os.path.relpath(run, repo)}"
+    synthetic = any(Path(t).name == "target_synth" for t in cfg.get("targets", []))
+    target_line = ("tiles of the real image `target_image.png` (columns x < 700)" + (
+        f" plus {TARGET_SYNTH} generated tiles stained like it (`bench_saasn.py --synthetic-target`: Macenko stain "
+        "vectors, I0 and 99th-percentile concentrations of the target's training tiles), so that X and Y both "
+        "hold generated and real tissue and differ by stain" if synthetic else ""))
+    synth_opt = " --synthetic-target" if synthetic else ""
+    synth_cli = " --target benchmarks/work/saasn/train/target_synth" if synthetic else ""
+    if strength is None:
+        use = "every tile is painted by the generator (`--saasn-mode generator`)"
+    else:
+        use = (f"by default in stain-map mode at strength {strength:g} (`config.json` `inference`; "
+               "`pathgen.saasn.stainmap`): the generator runs on tissue tiles sampled across the slide, one linear "
+               "map of optical density is fitted to what it made of them and applied to every pixel, so no "
+               "structure is invented and the whole slide gets one stain; `--saasn-mode generator` paints every "
+               "tile instead. The strength was chosen on training tiles (`python benchmarks/bench_saasn.py "
+               f"select{arch_opt}{run_opt}`: the largest whose mean structure SSIM beats Macenko's and Vahadane's "
+               "on the same tiles)")
     note = ("" if run_info.get("resumed_at_epoch") is None else
             f"The run was interrupted and resumed at epoch {run_info['resumed_at_epoch']} (resume is exact).\n")
     text = f"""# SAASN small model (X→Y generator)
@@ -319,7 +412,7 @@ Trained on CPU (one torch thread) from the repository's sample data:
 - sources X (pooled, sampled equally per site): generated tissue of sites {', '.join(SYNTH_SITES)}
   (`pathgen.data.synth`, 256-px tiles, {SYNTH_TRAIN} per site) and tiles of the real slide
   `cmu_small_region.svs` (top two thirds, level 0, 0.499 µm/px);
-- target Y: tiles of the real image `target_image.png` (columns x < 700).
+- target Y: {target_line}.
 
 Architecture preset `{arch}` ({run_info["parameters"]["generator"]:,} generator parameters, {size_mb:.1f} MB):
 {_architecture_note(run_info["model"])}.
@@ -332,8 +425,8 @@ Exact commands (from the repository root):
 
 ```
 python benchmarks/bench_saasn.py prepare
-python benchmarks/bench_saasn.py train --which saasn{arch_opt}{weight_opts} --epochs {train_cfg["epochs"]} --steps {run_info["steps_per_epoch"]} --seed {train_cfg["seed"]}{run_opt}
-python benchmarks/bench_saasn.py ship{arch_opt}{run_opt}
+python benchmarks/bench_saasn.py train --which saasn{arch_opt}{weight_opts}{synth_opt} --epochs {train_cfg["epochs"]} --steps {run_info["steps_per_epoch"]} --seed {train_cfg["seed"]}{run_opt}
+python benchmarks/bench_saasn.py ship{arch_opt}{run_opt}{"" if strength is None else f" --strength {strength:g}"}
 ```
 
 `train` calls `pathgen.saasn.train.train_saasn`; the same run from the command line is
@@ -343,8 +436,10 @@ pathgen train saasn --preset {arch}{weight_opts} --balance sites --epochs {train
     --batch-size {train_cfg["batch_size"]} --seed {train_cfg["seed"]} --device cpu --threads 1 \\
     --source benchmarks/work/saasn/train/B --source benchmarks/work/saasn/train/C \\
     --source benchmarks/work/saasn/train/D --source benchmarks/work/saasn/train/cmu \\
-    --target benchmarks/work/saasn/train/target -o {os.path.relpath(run, repo)}
+    --target benchmarks/work/saasn/train/target{synth_cli} -o {os.path.relpath(run, repo)}
 ```
+
+Inference: {use}.
 
 Use: `pathgen normalize slide.svs -o out.tif --method saasn` (this folder is the default checkpoint), or
 `pathgen.saasn.infer.normalize_slide_saasn(slide, out, "sample_data/models/saasn_small")`. Measured quality:
@@ -356,7 +451,7 @@ Use: `pathgen normalize slide.svs -o out.tif --method saasn` (this folder is the
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("prepare", "train", "eval", "ship", "all"))
+    ap.add_argument("step", choices=("prepare", "train", "select", "eval", "ship", "all"))
     ap.add_argument("--work", type=Path, default=WORK)
     ap.add_argument("--which", choices=("both", "saasn", "cyclegan"), default="both")
     ap.add_argument("--arch", default="small", help="architecture preset (pathgen.saasn.networks.PRESETS)")
@@ -374,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--saasn-run", type=Path, default=None)
     ap.add_argument("--ablation-run", type=Path, default=None)
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="eval: also the stain map at strengths 0.2 ... 1.0")
+    ap.add_argument("--strength", type=float, default=None,
+                    help="stain-map strength for eval/ship (default: chosen on training tiles by `select`)")
     args = ap.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args.work)
@@ -382,10 +480,14 @@ def main(argv: list[str] | None = None) -> int:
               args.saasn_run, args.ablation_run, args.colour_pool,
               {w: getattr(args, w) for w in ("alpha", "beta", "gamma", "delta") if getattr(args, w) is not None},
               args.synthetic_target)
+    strength = args.strength
+    if args.step in ("select", "all") or (args.step in ("eval", "ship") and strength is None):
+        strength = select_strength(args.work, args.saasn_run, args.arch)
     if args.step in ("eval", "all"):
-        evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append, arch=args.arch)
+        evaluate(args.work, args.saasn_run, args.ablation_run, append=not args.no_append, arch=args.arch,
+                 strength=strength, sweep=args.sweep)
     if args.step in ("ship", "all"):
-        ship(args.work, args.saasn_run, arch=args.arch)
+        ship(args.work, args.saasn_run, arch=args.arch, strength=strength)
     return 0
 
 

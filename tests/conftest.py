@@ -10,6 +10,30 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def save_tiny_saasn(folder, seed: int = 0, attention_mu: float | None = None, **extra):
+    """A tiny SAASN saved as a generator checkpoint in ``folder``: random weights, BatchNorm statistics from three
+    training-mode passes, attention switched on with residual weight ``attention_mu`` when given. Returns the
+    model (for reference outputs)."""
+    import torch
+
+    from pathgen.saasn.checkpoint import save_generators
+    from pathgen.saasn.networks import SAASN, SelfAttention, preset
+
+    torch.manual_seed(seed)
+    model = SAASN(preset("tiny"))
+    if attention_mu is not None:
+        for m in model.modules():
+            if isinstance(m, SelfAttention):
+                m.mu.data.fill_(attention_mu)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model.g_x2y(torch.rand(4, 3, 32, 32) * 2 - 1)
+            model.g_y2x(torch.rand(4, 3, 32, 32) * 2 - 1)
+    save_generators(folder, model.g_x2y, model.g_y2x, extra=extra or None)
+    return model
+
+
 def smooth_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A smooth, position-dependent RGB image (JPEG-friendly, every pixel distinct enough to locate)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tissue_like
+from conftest import save_tiny_saasn, tissue_like
 from pathgen.errors import PathgenError
 from pathgen.saasn.checkpoint import load_generator, load_tensors, save_generators
 from pathgen.saasn.data import to_tensor, to_uint8
@@ -28,19 +28,8 @@ def smooth_image(h: int, w: int) -> np.ndarray:
 def model_dir(tmp_path_factory):
     """A tiny SAASN whose attention is switched on (μ = 0.5: outputs depend on the whole window), with
     non-trivial spectral-norm vectors and BatchNorm statistics, saved as a generator checkpoint."""
-    torch.manual_seed(0)
-    model = SAASN(preset("tiny"))
-    for m in model.modules():
-        if isinstance(m, SelfAttention):
-            m.mu.data.fill_(0.5)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model.g_x2y(torch.rand(4, 3, 32, 32) * 2 - 1)
-            model.g_y2x(torch.rand(4, 3, 32, 32) * 2 - 1)
     folder = tmp_path_factory.mktemp("model")
-    save_generators(folder, model.g_x2y, model.g_y2x, extra={"mpp": 0.5})
-    return folder, model
+    return folder, save_tiny_saasn(folder, seed=0, attention_mu=0.5, mpp=0.5)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(model_dir):

@@ -31,6 +31,11 @@ def normalize(
     method: str = typer.Option("macenko", "--method", "-m", help="macenko | vahadane | reinhard | saasn."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="SAASN run folder for --method saasn "
                                                                          "(default: the shipped small model)."),
+    saasn_mode: Optional[str] = typer.Option(None, "--saasn-mode",
+                                             help="SAASN: generator (paint every tile) | stain-map (one fitted "
+                                                  "optical-density map per slide; default: the model's stored mode)."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="SAASN stain-map strength in [0, 1] "
+                                                                       "(default: the model's stored one)."),
     target: Optional[str] = typer.Option(None, "--target", "-t",
                                          help="Target: image, folder of images (one domain), slide, or stain JSON "
                                               "from `pathgen stain fit` (default: built-in target)."),
@@ -75,6 +80,8 @@ def normalize(
                                      luminosity_threshold=luminosity_threshold)
     elif target is not None:
         raise PathgenError("--method saasn takes no --target: the target domain is the one the model learned")
+    if not saasn and (saasn_mode is not None or strength is not None):
+        raise PathgenError("--saasn-mode and --strength apply to --method saasn only")
     if tile_size < 16:
         raise PathgenError(f"--tile-size must be at least 16, got {tile_size}")
     from pathgen.cli.options import engine_config
@@ -113,7 +120,8 @@ def normalize(
             typer.echo(f"resuming: {len(skipped)} output(s) already done, {len(jobs)} to go")
 
     if saasn:
-        _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output)
+        _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output, saasn_mode, strength,
+                   seed)
         return
     normalizer.fit_target(target)
     sources: dict[str, object] = {}
@@ -137,8 +145,10 @@ def normalize(
     typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} -> {output}")
 
 
-def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output) -> None:
-    """The deep many-to-one normaliser: the SAASN X→Y generator over blended tiles, slides or images."""
+def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output, mode=None, strength=None,
+               seed=0) -> None:
+    """The deep many-to-one normaliser: the SAASN X→Y generator over blended tiles (or its stain map), slides or
+    images."""
     from pathgen.config import save_run_config
     from pathgen.engine import resolve_device
     from pathgen.io.atomic import atomic_path
@@ -150,22 +160,24 @@ def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwri
     ckpt = checkpoint or default_model_path()
     dev = resolve_device(device)
     model = _normalizer(ckpt, dev, skip_glass=True)
+    mode, strength = model.resolve_mode(mode, strength)  # refuse a bad mode or strength before any work
     tile = DEFAULT_TILE if tile_size == 512 else tile_size  # 512 is the classical methods' default
     halo = DEFAULT_OVERLAP if overlap is None else overlap
     with progress_bar(len(jobs), "normalize (saasn)", unit="files") as bar:
         for src, dst, slide in jobs:
             if slide:
                 normalize_slide_saasn(src, dst, model, device=dev, tile_size=tile, overlap=halo,
-                                      batch_size=batch_size, overwrite=overwrite)
+                                      batch_size=batch_size, overwrite=overwrite, mode=mode, strength=strength)
             else:
                 rgb, alpha = read_image(src)
                 out = normalize_image_saasn(rgb, model, device=dev, tile_size=tile, overlap=halo,
-                                            batch_size=batch_size)
+                                            batch_size=batch_size, mode=mode, strength=strength, seed=seed)
                 with atomic_path(dst, overwrite=overwrite, inputs=(src,)) as tmp:
                     write_image(tmp, out, alpha, fmt=image_format(dst))
             bar.advance(1)
     if not (len(jobs) == 1 and jobs[0][2]):  # a single slide's record is written by normalize_slide_saasn
-        save_run_config(output, {"method": "saasn", "checkpoint": str(ckpt), "tile_size": tile, "overlap": halo},
+        save_run_config(output, {"method": "saasn", "checkpoint": str(ckpt), "tile_size": tile, "overlap": halo,
+                                 "mode": mode, "strength": strength},
                         extra={"inputs": [str(j[0]) for j in jobs]})
     typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} with SAASN -> {output}")
 

@@ -118,8 +118,11 @@ def eval_stain_command(
     target: Path = typer.Option(..., "--target", "-t", help="Test tiles of the target domain (folder)."),
     saasn: Optional[Path] = typer.Option(None, "--saasn", help="SAASN run or model folder."),
     ablation: Optional[Path] = typer.Option(None, "--ablation", help="CycleGAN-ablation run folder."),
-    methods: str = typer.Option("identity,saasn,cyclegan,macenko,vahadane", "--methods",
-                                help="Comma-separated methods (those needing a missing checkpoint are skipped)."),
+    methods: str = typer.Option("identity,saasn,saasn-map,cyclegan,macenko,vahadane", "--methods",
+                                help="Comma-separated methods (those needing a missing checkpoint are skipped); "
+                                     "saasn-map is the SAASN model in stain-map mode."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="Stain-map strength of saasn-map in [0, 1] "
+                                                                       "(default: the model's stored one, else 1)."),
     no_reverse: bool = typer.Option(False, "--no-reverse", help="Skip the Y → X direction."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the report as JSON."),
     save_dir: Optional[Path] = typer.Option(None, "--save-images", help="Write every normalised tile here."),
@@ -140,7 +143,7 @@ def eval_stain_command(
         check_output(output, overwrite=overwrite)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     report = evaluate_stain(sites, target, saasn=saasn, ablation=ablation, methods=chosen,
-                            reverse=not no_reverse, device=device, seed=seed, save_dir=save_dir)
+                            reverse=not no_reverse, device=device, seed=seed, save_dir=save_dir, strength=strength)
     typer.echo(format_table(report))
     if output is not None:
         import json

@@ -12,6 +12,8 @@ with the X→Y generator. Modules:
 * :mod:`~pathgen.saasn.checkpoint` — safetensors + JSON checkpoints;
 * :mod:`~pathgen.saasn.infer` — :class:`SaasnNormalizer`, :func:`normalize_image_saasn`,
   :func:`normalize_slide_saasn`;
+* :mod:`~pathgen.saasn.stainmap` — the stain-map mode: one linear map of optical density per slide, fitted to the
+  generator's output on sampled tissue (``StainMap``, ``fit_stain_map``);
 * :mod:`~pathgen.saasn.evaluate` — the Table 4.1 protocol plus a colour-distribution distance.
 
 Heavy imports (torch) happen when a submodule is imported.
@@ -20,14 +22,15 @@ Heavy imports (torch) happen when a submodule is imported.
 from __future__ import annotations
 
 __all__ = ["SAASNConfig", "LossConfig", "TrainConfig", "DataConfig", "SaasnNormalizer", "normalize_image_saasn",
-           "normalize_slide_saasn", "train_saasn", "evaluate_stain", "load_generator", "save_generators",
+           "normalize_slide_saasn", "StainMap", "fit_stain_map", "train_saasn", "evaluate_stain", "load_generator", "save_generators",
            "default_model_path"]
 
 _WHERE = {
     "SAASNConfig": "networks", "LossConfig": "losses", "TrainConfig": "train", "DataConfig": "data",
     "SaasnNormalizer": "infer", "normalize_image_saasn": "infer", "normalize_slide_saasn": "infer",
     "default_model_path": "infer", "train_saasn": "train", "evaluate_stain": "evaluate",
-    "load_generator": "checkpoint", "save_generators": "checkpoint",
+    "load_generator": "checkpoint", "save_generators": "checkpoint", "StainMap": "stainmap",
+    "fit_stain_map": "stainmap",
 }
 
 

@@ -15,7 +15,9 @@ every method, each test tile is normalised and compared:
   the unnormalised input's distance is reported as the ``identity`` row.
 
 Methods: ``identity`` (no change), ``saasn`` (a SAASN run/model: ``generator.safetensors`` for X → Y and
-``generator_y2x.safetensors`` for Y → X), ``cyclegan`` (the ablation: the same networks trained without
+``generator_y2x.safetensors`` for Y → X, every tile painted by the generator), ``saasn-map`` (the same generators
+in stain-map mode, :mod:`pathgen.saasn.stainmap`: one map of optical density per direction, fitted to the
+generator's outputs on that site's tiles pooled, as the classical methods' slide-level source fit), ``cyclegan`` (the ablation: the same networks trained without
 SAASN's terms), ``macenko`` and ``vahadane`` (:class:`pathgen.stain.normalize.StainNormalizer`; target fitted on
 the reference tiles pooled, source fitted on each site's tiles pooled, as a slide-level fit).
 """
@@ -130,8 +132,8 @@ def _generator(checkpoint, direction: str, device: str):
 
 
 def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathLike, saasn=None, ablation=None,
-                   methods: tuple[str, ...] = ("identity", "saasn", "cyclegan", "macenko", "vahadane"),
-                   reverse: bool = True, device: str = "cpu", seed: int = 0,
+                   methods: tuple[str, ...] = ("identity", "saasn", "saasn-map", "cyclegan", "macenko", "vahadane"),
+                   reverse: bool = True, device: str = "cpu", seed: int = 0, strength: float | None = None,
                    colour: ColourDistanceConfig = ColourDistanceConfig(), save_dir: str | os.PathLike | None = None
                    ) -> dict:
     """Evaluate stain normalisers on held-out tiles (module docstring).
@@ -145,12 +147,14 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     saasn, ablation : path, optional
         SAASN checkpoint folders for the ``saasn`` and ``cyclegan`` methods (skipped when None).
     methods : tuple of str
-        Any of identity, saasn, cyclegan, macenko, vahadane.
+        Any of identity, saasn, saasn-map, cyclegan, macenko, vahadane.
     reverse : bool
         Also evaluate the Y → X direction (target tiles normalised to the pooled sources).
     device : str
     seed : int
-        Seed of the classical normalisers' pixel sampling.
+        Seed of the classical normalisers' pixel sampling (and of the stain-map fit's).
+    strength : float, optional
+        Stain-map strength of ``saasn-map`` (default: the one stored with the SAASN model, else 1).
     colour : ColourDistanceConfig
     save_dir : path, optional
         Write every normalised tile as ``save_dir/<method>/<direction>/<tile>.png`` for inspection.
@@ -165,11 +169,11 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
 
     from pathgen.metrics.image import ssim_gray
 
-    unknown = sorted(set(methods) - {"identity", "saasn", "cyclegan", *CLASSICAL})
+    unknown = sorted(set(methods) - {"identity", "saasn", "saasn-map", "cyclegan", *CLASSICAL})
     if unknown:
-        raise PathgenError(f"unknown method(s) {', '.join(unknown)} (choose identity, saasn, cyclegan, macenko, "
-                           "vahadane)")
-    checkpoints = {"saasn": saasn, "cyclegan": ablation}
+        raise PathgenError(f"unknown method(s) {', '.join(unknown)} (choose identity, saasn, saasn-map, cyclegan, "
+                           "macenko, vahadane)")
+    checkpoints = {"saasn": saasn, "saasn-map": saasn, "cyclegan": ablation}
     active = [m for m in methods if m not in checkpoints or checkpoints[m] is not None]
     if not sources:
         raise PathgenError("no source sites given")
@@ -195,7 +199,13 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
                 key = "x2y" if x2y else "y2x"
                 if key not in generators:
                     generators[key] = _generator(checkpoints[method], key, device)
-                outputs = [generators[key](t) for t in tiles]
+                gen = generators[key]
+                if method == "saasn-map":
+                    _, s = gen.resolve_mode("stain-map", strength)
+                    stain_map = gen.fit_stain_map(tiles, s, seed=seed)
+                    outputs = [stain_map(t) for t in tiles]
+                else:
+                    outputs = [gen(t) for t in tiles]
             scores = np.array([ssim_gray(o, t) for o, t in zip(outputs, tiles)])
             results[method][label] = {
                 "ssim_mean": float(scores.mean()), "ssim_std": float(scores.std()), "n": int(len(scores)),
@@ -216,17 +226,29 @@ def _save_outputs(folder: Path, names: list[str], outputs: list[np.ndarray]) -> 
 
 
 def format_table(report: dict) -> str:
-    """Markdown tables: grayscale SSIM mean ± std, then colour distance, methods × directions."""
+    """Markdown tables: grayscale SSIM mean ± std, then colour distance, methods × directions, each with the mean
+    over the X → Y directions (what a many-to-one normaliser is used for) and over all directions."""
     dirs = report["directions"]
-    lines = ["Grayscale SSIM, normalised vs source (higher = structure better kept; mean ± std over tiles)", "",
-             "| Method | " + " | ".join(dirs) + " |", "|---|" + "---|" * len(dirs)]
+    to_y = [d for d in dirs if d != REVERSE]
+    means = ["mean → Y"] + (["mean all"] if len(to_y) < len(dirs) else [])
+
+    def avg(r, key, ds):
+        return float(np.mean([r[d][key] for d in ds]))
+
+    def header(title):
+        return [title, "", "| Method | " + " | ".join(dirs + means) + " |", "|---|" + "---|" * (len(dirs) + len(means))]
+
+    lines = header("Grayscale SSIM, normalised vs source (higher = structure better kept; mean ± std over tiles)")
     for m in report["methods"]:
         r = report["results"][m]
-        lines.append(f"| {m} | " + " | ".join(f"{r[d]['ssim_mean']:.3f} ± {r[d]['ssim_std']:.3f}" for d in dirs)
-                     + " |")
-    lines += ["", "Colour distance to the reference domain: sliced W1 over tissue pixels in CIELAB "
-              "(lower = closer colours)", "", "| Method | " + " | ".join(dirs) + " |", "|---|" + "---|" * len(dirs)]
+        cells = [f"{r[d]['ssim_mean']:.3f} ± {r[d]['ssim_std']:.3f}" for d in dirs]
+        cells += [f"{avg(r, 'ssim_mean', ds):.4f}" for ds in (to_y, dirs)[:len(means)]]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [""] + header("Colour distance to the reference domain: sliced W1 over tissue pixels in CIELAB "
+                           "(lower = closer colours)")
     for m in report["methods"]:
         r = report["results"][m]
-        lines.append(f"| {m} | " + " | ".join(f"{r[d]['colour_swd']:.2f}" for d in dirs) + " |")
+        cells = [f"{r[d]['colour_swd']:.2f}" for d in dirs]
+        cells += [f"{avg(r, 'colour_swd', ds):.3f}" for ds in (to_y, dirs)[:len(means)]]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -14,6 +14,11 @@ single grey level, which would leave lighter rectangles in the background.)
 
 Each window is reflect-padded to a multiple of ``2**g_depth`` before the generator and cropped after it. The
 default window, 448 + 2·32 = 512 px, is already a multiple of 128.
+
+Two modes (``mode``; the model's ``config.json`` ``inference`` entry gives the default, else ``"generator"``):
+``"generator"`` paints every window with the generator, as above; ``"stain-map"`` runs the generator only on tissue
+tiles sampled across the slide, fits one linear map of optical density to what it made of them, and applies that
+map to every pixel (:mod:`pathgen.saasn.stainmap`: no structure can be invented, one stain for the whole slide).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from pathgen.errors import PathgenError
 from pathgen.saasn.checkpoint import load_generator
 from pathgen.saasn.data import to_tensor, to_uint8
+from pathgen.saasn.stainmap import MODES, StainMap, fit_stain_map
 
 DEFAULT_TILE = 448
 DEFAULT_OVERLAP = 32
@@ -77,6 +83,29 @@ class SaasnNormalizer:
         self._lock = threading.Lock()
         self.windows_run = 0
         self.windows_glass = 0
+
+    def inference_defaults(self) -> tuple[str, float]:
+        """``(mode, strength)`` stored with the model (``config.json`` ``inference``), else ``("generator", 1)``."""
+        entry = self.info.get("inference") or {}
+        return str(entry.get("mode", "generator")), float(entry.get("strength", 1.0))
+
+    def resolve_mode(self, mode: str | None, strength: float | None) -> tuple[str, float]:
+        """The mode and strength to use: the given ones, else the model's stored defaults (checked)."""
+        stored_mode, stored_strength = self.inference_defaults()
+        mode = stored_mode if mode is None else mode
+        if mode not in MODES:
+            raise PathgenError(f"unknown SAASN mode {mode!r} (choose {', '.join(MODES)})")
+        strength = stored_strength if strength is None else float(strength)
+        if not 0.0 <= strength <= 1.0:
+            raise PathgenError(f"stain-map strength must be in [0, 1], got {strength}")
+        return mode, strength
+
+    def fit_stain_map(self, tiles, strength: float = 1.0, seed: int = 0) -> StainMap:
+        """Run the generator on ``tiles`` (``(H, W, 3)`` uint8 each) and fit one stain map to its outputs
+        (:func:`pathgen.saasn.stainmap.fit_stain_map`)."""
+        tiles = [np.asarray(t) for t in tiles]
+        outputs = [self(t) for t in tiles]
+        return StainMap(fit_stain_map(tiles, outputs, seed=seed), strength=strength, fit_tiles=len(tiles))
 
     @property
     def mpp(self) -> float | None:
@@ -158,8 +187,12 @@ def _engine_config(tile_size: int, overlap: int, batch_size: int, device: str):
 
 
 def normalize_image_saasn(image: np.ndarray, checkpoint, device: str = "auto", tile_size: int = DEFAULT_TILE,
-                          overlap: int = DEFAULT_OVERLAP, batch_size: int = 4) -> np.ndarray:
+                          overlap: int = DEFAULT_OVERLAP, batch_size: int = 4, mode: str | None = None,
+                          strength: float | None = None, seed: int = 0) -> np.ndarray:
     """Normalise an in-memory RGB image with a SAASN generator, tiled and blended like a slide.
+
+    In ``"stain-map"`` mode the stain map is fitted on the whole image's generator output, then applied to the
+    image (module docstring).
 
     Parameters
     ----------
@@ -170,6 +203,12 @@ def normalize_image_saasn(image: np.ndarray, checkpoint, device: str = "auto", t
         Window core and halo in pixels (window side = ``tile_size + 2·overlap``).
     batch_size : int
         Windows per call.
+    mode : {"generator", "stain-map"}, optional
+        Default: the model's stored mode.
+    strength : float, optional
+        Stain-map strength in [0, 1] (default: the model's stored one).
+    seed : int
+        Seed of the stain-map fit's pixel subsampling.
 
     Returns
     -------
@@ -181,16 +220,24 @@ def normalize_image_saasn(image: np.ndarray, checkpoint, device: str = "auto", t
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise PathgenError(f"expected an (H, W, 3) uint8 image, got {arr.dtype} {arr.shape}")
     norm = _normalizer(checkpoint, device)
+    mode, strength = norm.resolve_mode(mode, strength)
     cfg = _engine_config(tile_size, overlap, batch_size, str(norm.device))
-    return process_array(arr, norm, out_channels=3, out_dtype=np.uint8, cfg=cfg)
+    out = process_array(arr, norm, out_channels=3, out_dtype=np.uint8, cfg=cfg)
+    if mode == "generator":
+        return out
+    return StainMap(fit_stain_map([arr], [out], seed=seed), strength=strength, fit_tiles=1)(arr)
 
 
 def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLike, checkpoint,
                           device: str = "auto", tile_size: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                           batch_size: int = 4, level: int | None = 0, mpp: float | None = None,
                           skip_background: bool = True, overwrite: bool = False, quality: int = 90,
-                          compression: str | None = None):
+                          compression: str | None = None, mode: str | None = None, strength: float | None = None,
+                          fit_config=None):
     """Normalise a whole slide with a SAASN generator into a pyramidal TIFF (or OME-Zarr for ``*.zarr``).
+
+    ``"generator"`` mode paints every window with the generator; ``"stain-map"`` mode fits one stain map on tissue
+    tiles sampled across the slide and streams the slide through it, without overlap (module docstring).
 
     Parameters
     ----------
@@ -214,6 +261,12 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
         JPEG quality of the output tiles.
     compression : str, optional
         Override the output compression ("jpeg", "zlib", ...).
+    mode : {"generator", "stain-map"}, optional
+        Default: the model's stored mode.
+    strength : float, optional
+        Stain-map strength in [0, 1] (default: the model's stored one).
+    fit_config : pathgen.stain.slide.SlideFitConfig, optional
+        Which tissue tiles the stain map is fitted on (default: 64 tiles of 256 px spread over the slide).
 
     Returns
     -------
@@ -221,21 +274,38 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
     """
     from pathgen.config import save_run_config
     from pathgen.engine import run_slide
+    from pathgen.io.atomic import check_output
     from pathgen.slide import open_slide
+    from pathgen.stain.slide import SlideFitConfig, sample_slide_tiles
+    from pathgen.tissue import tissue_mask
 
-    slide = open_slide(slide_path)
     norm = _normalizer(checkpoint, device, skip_glass=skip_background)
+    mode, strength = norm.resolve_mode(mode, strength)
+    check_output(output, overwrite=overwrite, inputs=(slide_path,))
+    slide = open_slide(slide_path)
     cfg = _engine_config(tile_size, overlap, batch_size, str(norm.device))
-    run_before, glass_before = norm.windows_run, norm.windows_glass
-    report = run_slide(slide, norm, output, out_channels=3, out_dtype=np.uint8, level=level, mpp=mpp, cfg=cfg,
+    record: dict = {"mode": mode}
+    if mode == "generator":
+        fn = norm
+    else:
+        fit_config = fit_config or SlideFitConfig()
+        mask = tissue_mask(slide, fit_config.tissue)
+        tiles = sample_slide_tiles(slide, mask, level if (level is not None and mpp is None) else 0, fit_config)
+        if not tiles:
+            raise PathgenError("no tissue tile to fit the SAASN stain map on", slide_path)
+        fn = norm.fit_stain_map(tiles, strength, seed=fit_config.seed)
+        cfg = _engine_config(tile_size, 0, batch_size, str(norm.device))  # a pointwise map needs no halo
+        record["stain_map"] = fn.to_dict()
+    run_before, glass_before = norm.windows_run, norm.windows_glass  # windows painted in the slide pass only
+    report = run_slide(slide, fn, output, out_channels=3, out_dtype=np.uint8, level=level, mpp=mpp, cfg=cfg,
                        tissue=None, overwrite=overwrite, quality=quality, compression=compression,
                        progress_desc="SAASN normalising", description="pathgen SAASN stain normalisation")
     report.extra["generator_windows"] = norm.windows_run - run_before
     report.extra["glass_windows"] = norm.windows_glass - glass_before
     save_run_config(output, {"method": "saasn", "checkpoint": norm.checkpoint, "slide": str(slide_path),
-                             "tile_size": tile_size, "overlap": overlap, "batch_size": batch_size, "level": level,
+                             "tile_size": tile_size, "overlap": cfg.overlap, "batch_size": batch_size, "level": level,
                              "mpp": mpp, "skip_background": norm.skip_glass, "device": str(norm.device),
-                             "windows": report.windows, **report.extra})
+                             "windows": report.windows, **record, **report.extra})
     return report
 
 
