@@ -144,6 +144,12 @@ def test_cli_stain_map_options(tiny_model, tmp_path, capsys):
     assert "strength" in err and "Traceback" not in err and not (tmp_path / "bad.png").exists()
     assert main(["normalize", str(tmp_path / "in.png"), "-o", str(tmp_path / "m.png"), "--strength", "0.5"]) != 0
     assert "--method saasn only" in capsys.readouterr().err
+    # an image without tissue has no stain to fit: one line naming it, no output
+    Image.fromarray(np.full((64, 64, 3), 245, np.uint8)).save(tmp_path / "glass.png")
+    assert main(["normalize", str(tmp_path / "glass.png"), "-o", str(tmp_path / "g.png"), "--method", "saasn",
+                 "--checkpoint", str(tiny_model), "--saasn-mode", "stain-map"]) != 0
+    err = capsys.readouterr().err
+    assert "glass.png" in err and "tissue pixels" in err and not (tmp_path / "g.png").exists()
 
 
 def test_eval_reports_the_stain_map_rows_with_means(tiny_model, tmp_path):

@@ -151,6 +151,7 @@ def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwri
     images."""
     from pathgen.config import save_run_config
     from pathgen.engine import resolve_device
+    from pathgen.errors import PathgenError
     from pathgen.io.atomic import atomic_path
     from pathgen.progress import progress_bar
     from pathgen.saasn.infer import (DEFAULT_OVERLAP, DEFAULT_TILE, _normalizer, default_model_path,
@@ -170,8 +171,11 @@ def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwri
                                       batch_size=batch_size, overwrite=overwrite, mode=mode, strength=strength)
             else:
                 rgb, alpha = read_image(src)
-                out = normalize_image_saasn(rgb, model, device=dev, tile_size=tile, overlap=halo,
-                                            batch_size=batch_size, mode=mode, strength=strength, seed=seed)
+                try:
+                    out = normalize_image_saasn(rgb, model, device=dev, tile_size=tile, overlap=halo,
+                                                batch_size=batch_size, mode=mode, strength=strength, seed=seed)
+                except PathgenError as err:  # name the image (e.g. too little tissue to fit a stain map on)
+                    raise PathgenError(err.problem, err.path or src) from err
                 with atomic_path(dst, overwrite=overwrite, inputs=(src,)) as tmp:
                     write_image(tmp, out, alpha, fmt=image_format(dst))
             bar.advance(1)

@@ -293,7 +293,10 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
         tiles = sample_slide_tiles(slide, mask, level if (level is not None and mpp is None) else 0, fit_config)
         if not tiles:
             raise PathgenError("no tissue tile to fit the SAASN stain map on", slide_path)
-        fn = norm.fit_stain_map(tiles, strength, seed=fit_config.seed)
+        try:
+            fn = norm.fit_stain_map(tiles, strength, seed=fit_config.seed)
+        except PathgenError as err:
+            raise PathgenError(err.problem, err.path or slide_path) from err
         cfg = _engine_config(tile_size, 0, batch_size, str(norm.device))  # a pointwise map needs no halo
         record["stain_map"] = fn.to_dict()
     run_before, glass_before = norm.windows_run, norm.windows_glass  # windows painted in the slide pass only
