@@ -168,6 +168,7 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     from dataclasses import asdict
 
     from pathgen.metrics.image import ssim_gray
+    from pathgen.saasn.stainmap import StainMap, fit_stain_map
 
     unknown = sorted(set(methods) - {"identity", "saasn", "saasn-map", "cyclegan", *CLASSICAL})
     if unknown:
@@ -186,9 +187,10 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
         directions.append((REVERSE, target_names, target_tiles, pooled_sources))
 
     results: dict[str, dict] = {}
+    generators: dict = {}
+    painted: dict = {}
     for method in active:
         results[method] = {}
-        generators = {}
         for label, names, tiles, reference in directions:
             x2y = label != REVERSE
             if method == "identity":
@@ -197,15 +199,18 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
                 outputs = _classical(method, reference, tiles, device, seed)
             else:
                 key = "x2y" if x2y else "y2x"
-                if key not in generators:
-                    generators[key] = _generator(checkpoints[method], key, device)
-                gen = generators[key]
+                gen_key = (str(checkpoints[method]), key)
+                if gen_key not in generators:
+                    generators[gen_key] = _generator(checkpoints[method], key, device)
+                gen = generators[gen_key]
+                # saasn and saasn-map share the generator's outputs: it paints each direction's tiles once
+                if (gen_key, label) not in painted:
+                    painted[(gen_key, label)] = [gen(t) for t in tiles]
+                outputs = painted[(gen_key, label)]
                 if method == "saasn-map":
                     _, s = gen.resolve_mode("stain-map", strength)
-                    stain_map = gen.fit_stain_map(tiles, s, seed=seed)
+                    stain_map = StainMap(fit_stain_map(tiles, outputs, seed=seed), s, fit_tiles=len(tiles))
                     outputs = [stain_map(t) for t in tiles]
-                else:
-                    outputs = [gen(t) for t in tiles]
             scores = np.array([ssim_gray(o, t) for o, t in zip(outputs, tiles)])
             results[method][label] = {
                 "ssim_mean": float(scores.mean()), "ssim_std": float(scores.std()), "n": int(len(scores)),

@@ -6,7 +6,7 @@ what the generator learned about the target's appearance and nothing else:
 
 1. run the X→Y generator on tissue tiles sampled across the slide (the tiles the classical slide-level fit reads);
 2. fit one 3 × 3 matrix ``A`` by least squares so that ``OD_out ≈ OD_in · A`` over their tissue pixels, where
-   ``OD = −ln(I / 255)`` (Beer–Lambert: a change of stain is a linear map of optical density, the model under
+   ``OD = ln(255 / I)`` (:func:`pathgen.stain.optical.rgb_to_od`; Beer–Lambert: a change of stain is a linear map of optical density, the model under
    Macenko and Vahadane; no offset, so glass stays glass);
 3. apply ``M = I + s · (A − I)`` to every pixel of the slide, ``s`` the strength (1: the generator's stain, 0: the
    input unchanged).
@@ -28,22 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pathgen.errors import PathgenError
+from pathgen.stain.optical import od_to_rgb, rgb_to_od
 
-#: Intensities are floored at 1/256 before the logarithm (as the generators' optical density).
-OD_FLOOR = 1.0 / 256.0
-#: A pixel is tissue when the norm of its optical density exceeds this (Macenko's transparency threshold).
+#: A pixel is tissue when the norm of its optical density exceeds this (Macenko's transparency threshold ``beta``).
 TISSUE_OD = 0.15
 MODES = ("generator", "stain-map")
-
-
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """``(..., 3)`` uint8 RGB → ``(..., 3)`` float32 optical density ``−ln(max(I/255, 1/256))``."""
-    return -np.log(np.maximum(np.asarray(rgb, np.float32) / 255.0, OD_FLOOR))
-
-
-def rgb_from_od(od: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`optical_density`: ``(..., 3)`` optical density → uint8 RGB (rounded, clipped)."""
-    return np.clip(np.rint(255.0 * np.exp(-od)), 0, 255).astype(np.uint8)
 
 
 def fit_stain_map(sources, outputs, tissue_od: float = TISSUE_OD, max_pixels: int = 2_000_000,
@@ -76,7 +65,7 @@ def fit_stain_map(sources, outputs, tissue_od: float = TISSUE_OD, max_pixels: in
     for s, o in zip(sources, outputs):
         if np.shape(s) != np.shape(o):
             raise PathgenError(f"source and output tiles differ in shape: {np.shape(s)} vs {np.shape(o)}")
-        x, y = optical_density(s).reshape(-1, 3), optical_density(o).reshape(-1, 3)
+        x, y = rgb_to_od(s).reshape(-1, 3), rgb_to_od(o).reshape(-1, 3)
         keep = np.linalg.norm(x, axis=1) > tissue_od
         xs.append(x[keep])
         ys.append(y[keep])
@@ -126,7 +115,7 @@ class StainMap:
         arr = np.asarray(batch)
         if arr.shape[-1:] != (3,) or arr.dtype != np.uint8:
             raise PathgenError(f"expected (..., 3) uint8 pixels, got {arr.dtype} {arr.shape}")
-        return rgb_from_od(optical_density(arr) @ self.operator.astype(np.float32))
+        return od_to_rgb(rgb_to_od(arr) @ self.operator.astype(np.float32))
 
     def to_dict(self) -> dict:
         return {"matrix": self.matrix.round(6).tolist(), "strength": self.strength, "fit_tiles": self.fit_tiles}
