@@ -169,3 +169,41 @@ def test_eval_reports_the_stain_map_rows_with_means(tiny_model, tmp_path):
         assert mapped["ssim_mean"] > 0.999 and abs(mapped["colour_swd"] - ident["colour_swd"]) < 0.5
     table = format_table(report)
     assert "mean → Y" in table and "mean all" in table and "| saasn-map |" in table
+
+
+def test_eval_classical_methods_fit_the_named_reference_not_the_test_tiles(tmp_path):
+    """--fit-target: the classical methods fit their target stain to the named tiles (as a learnt model only sees
+    its training tiles); the colour distance is still measured against the test target tiles."""
+    from pathgen.saasn.evaluate import colour_distance, evaluate_stain, format_table
+    from pathgen.stain.normalize import StainNormalizer
+
+    tiles = {}
+    for folder, site, seeds in (("B", "B", (0, 1)), ("test_y", "A", (4, 5)), ("train_y", "C", (6, 7))):
+        (tmp_path / folder).mkdir()
+        tiles[folder] = [render_tile(64, seed=s, site=site).image for s in seeds]
+        for s, t in zip(seeds, tiles[folder]):
+            Image.fromarray(t).save(tmp_path / folder / f"{s}.png")
+    oracle = evaluate_stain({"B": tmp_path / "B"}, tmp_path / "test_y", methods=("identity", "macenko"),
+                            reverse=False)
+    fair = evaluate_stain({"B": tmp_path / "B"}, tmp_path / "test_y", methods=("identity", "macenko"),
+                          reverse=False, fit_target=tmp_path / "train_y")
+    assert oracle["classical_reference"]["X → Y"] == "evaluation target tiles"
+    assert fair["classical_reference"]["X → Y"] == str(tmp_path / "train_y")
+    assert fair["results"]["identity"] == oracle["results"]["identity"]
+    # by hand: Macenko fitted on the named tiles, scored against the test target tiles
+    norm = StainNormalizer("macenko", seed=0)
+    norm.fit_target(np.stack(tiles["train_y"]))
+    norm.fit_source(np.stack(tiles["B"]))
+    out = [np.asarray(norm.transform(t)) for t in tiles["B"]]
+    got = fair["results"]["macenko"]["B → Y"]
+    assert got["ssim_mean"] == pytest.approx(np.mean([ssim_gray(o, t) for o, t in zip(out, tiles["B"])]))
+    assert got["colour_swd"] == pytest.approx(colour_distance(out, tiles["B"], tiles["test_y"]))
+    assert got["colour_swd"] != pytest.approx(oracle["results"]["macenko"]["B → Y"]["colour_swd"])
+    assert f"X → Y: {tmp_path / 'train_y'}" in format_table(fair)
+    # the CLI passes the reference through
+    report = tmp_path / "fair.json"
+    assert main(["eval", "stain", "--source", f"B={tmp_path / 'B'}", "--target", str(tmp_path / "test_y"),
+                 "--methods", "macenko", "--no-reverse", "--fit-target", str(tmp_path / "train_y"),
+                 "-o", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["results"]["macenko"]["B → Y"]["colour_swd"] == pytest.approx(got["colour_swd"])

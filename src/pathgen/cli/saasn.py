@@ -124,6 +124,13 @@ def eval_stain_command(
     strength: Optional[float] = typer.Option(None, "--strength", help="Stain-map strength of saasn-map in [0, 1] "
                                                                        "(default: the model's stored one, else 1)."),
     no_reverse: bool = typer.Option(False, "--no-reverse", help="Skip the Y → X direction."),
+    fit_target: Optional[Path] = typer.Option(
+        None, "--fit-target", help="Tiles the classical methods fit the target stain to (e.g. the target's "
+                                   "training tiles; default: the --target test tiles themselves, an oracle the "
+                                   "learnt methods do not get)."),
+    fit_source: Optional[List[str]] = typer.Option(
+        None, "--fit-source", help="Tiles pooled as the classical methods' target for Y → X (NAME=FOLDER or FOLDER, "
+                                   "repeat; default: the --source test tiles)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the report as JSON."),
     save_dir: Optional[Path] = typer.Option(None, "--save-images", help="Write every normalised tile here."),
     device: str = typer.Option("cpu", "--device", help="auto | cpu | cuda[:N]."),
@@ -143,7 +150,8 @@ def eval_stain_command(
         check_output(output, overwrite=overwrite)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     report = evaluate_stain(sites, target, saasn=saasn, ablation=ablation, methods=chosen,
-                            reverse=not no_reverse, device=device, seed=seed, save_dir=save_dir, strength=strength)
+                            reverse=not no_reverse, device=device, seed=seed, save_dir=save_dir, strength=strength,
+                            fit_target=fit_target, fit_sources=_named_sites(fit_source) or None)
     typer.echo(format_table(report))
     if output is not None:
         import json

@@ -19,7 +19,14 @@ Methods: ``identity`` (no change), ``saasn`` (a SAASN run/model: ``generator.saf
 in stain-map mode, :mod:`pathgen.saasn.stainmap`: one map of optical density per direction, fitted to the
 generator's outputs on that site's tiles pooled, as the classical methods' slide-level source fit), ``cyclegan`` (the ablation: the same networks trained without
 SAASN's terms), ``macenko`` and ``vahadane`` (:class:`pathgen.stain.normalize.StainNormalizer`; target fitted on
-the reference tiles pooled, source fitted on each site's tiles pooled, as a slide-level fit).
+a reference set pooled, source fitted on each site's tiles pooled, as a slide-level fit).
+
+**Which tiles the classical methods fit their target to.** A learnt normaliser only ever sees its training tiles;
+a classical one is given a reference. With ``fit_target`` (and ``fit_sources`` for Y → X) the reference is a set
+the caller names — the training tiles, so that every method gets the same information about the target. Without,
+the classical methods fit their target to the very tiles the colour distance is measured against (the reference
+domain's test tiles): an oracle that the learnt methods do not get, kept as the default for a single folder of
+tiles where there is nothing else. The report says which (``classical_reference``).
 """
 
 from __future__ import annotations
@@ -134,8 +141,9 @@ def _generator(checkpoint, direction: str, device: str):
 def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathLike, saasn=None, ablation=None,
                    methods: tuple[str, ...] = ("identity", "saasn", "saasn-map", "cyclegan", "macenko", "vahadane"),
                    reverse: bool = True, device: str = "cpu", seed: int = 0, strength: float | None = None,
-                   colour: ColourDistanceConfig = ColourDistanceConfig(), save_dir: str | os.PathLike | None = None
-                   ) -> dict:
+                   colour: ColourDistanceConfig = ColourDistanceConfig(), save_dir: str | os.PathLike | None = None,
+                   fit_target: str | os.PathLike | None = None,
+                   fit_sources: dict[str, str | os.PathLike] | None = None) -> dict:
     """Evaluate stain normalisers on held-out tiles (module docstring).
 
     Parameters
@@ -158,12 +166,18 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     colour : ColourDistanceConfig
     save_dir : path, optional
         Write every normalised tile as ``save_dir/<method>/<direction>/<tile>.png`` for inspection.
+    fit_target : path, optional
+        Tiles (folder or image) the classical methods fit the target stain to for the X → Y directions, e.g. the
+        target's training tiles. Default: ``target`` itself (the oracle setting, module docstring).
+    fit_sources : dict of site name → folder, optional
+        Tiles pooled as the classical methods' target for Y → X. Default: the ``sources`` tiles pooled.
 
     Returns
     -------
     dict
         ``{"directions": [...], "methods": [...], "results": {method: {direction: {"ssim_mean", "ssim_std",
-        "colour_swd", "n"}}}, "tiles": {site: n}, "colour_config": {...}}``
+        "colour_swd", "n", "ssim" (per tile)}}}, "tiles": {site: n}, "colour_config": {...}, "classical_reference": {"X → Y": str,
+        "Y → X": str}}``
     """
     from dataclasses import asdict
 
@@ -181,6 +195,13 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     site_tiles = {name: load_tiles(path) for name, path in sources.items()}
     target_names, target_tiles = load_tiles(target)
     pooled_sources = [t for _, tiles in site_tiles.values() for t in tiles]
+    # what the classical methods fit their target to, per direction (the evaluation reference unless named)
+    fit_y = load_tiles(fit_target)[1] if fit_target is not None else target_tiles
+    fit_x = ([t for path in fit_sources.values() for t in load_tiles(path)[1]] if fit_sources
+             else pooled_sources)
+    classical_reference = {"X → Y": str(fit_target) if fit_target is not None else "evaluation target tiles",
+                           REVERSE: (", ".join(str(p) for p in fit_sources.values()) if fit_sources
+                                     else "evaluation source tiles")}
     directions: list[tuple[str, list[str], list[np.ndarray], list[np.ndarray]]] = [
         (f"{name} → Y", names, tiles, target_tiles) for name, (names, tiles) in site_tiles.items()]
     if reverse:
@@ -196,7 +217,7 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
             if method == "identity":
                 outputs = [t.copy() for t in tiles]
             elif method in CLASSICAL:
-                outputs = _classical(method, reference, tiles, device, seed)
+                outputs = _classical(method, fit_y if x2y else fit_x, tiles, device, seed)
             else:
                 key = "x2y" if x2y else "y2x"
                 gen_key = (str(checkpoints[method]), key)
@@ -214,12 +235,13 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
             scores = np.array([ssim_gray(o, t) for o, t in zip(outputs, tiles)])
             results[method][label] = {
                 "ssim_mean": float(scores.mean()), "ssim_std": float(scores.std()), "n": int(len(scores)),
+                "ssim": [round(float(v), 6) for v in scores],  # per tile, in tile order: for paired comparisons
                 "colour_swd": colour_distance(outputs, tiles, reference, colour)}
             if save_dir is not None:
                 _save_outputs(Path(save_dir) / method / label.replace(" → ", "_to_"), names, outputs)
     return {"directions": [d[0] for d in directions], "methods": active, "results": results,
             "tiles": {**{name: len(t[1]) for name, t in site_tiles.items()}, "Y": len(target_tiles)},
-            "colour_config": asdict(colour)}
+            "colour_config": asdict(colour), "classical_reference": classical_reference}
 
 
 def _save_outputs(folder: Path, names: list[str], outputs: list[np.ndarray]) -> None:
@@ -256,4 +278,8 @@ def format_table(report: dict) -> str:
         cells = [f"{r[d]['colour_swd']:.2f}" for d in dirs]
         cells += [f"{avg(r, 'colour_swd', ds):.3f}" for ds in (to_y, dirs)[:len(means)]]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    ref = report.get("classical_reference")
+    if ref and any(m in CLASSICAL for m in report["methods"]):
+        lines += ["", "Classical methods' target fitted to: " + "; ".join(f"{d}: {v}" for d, v in ref.items()
+                                                                          if d != REVERSE or REVERSE in dirs)]
     return "\n".join(lines)
