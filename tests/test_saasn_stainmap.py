@@ -99,10 +99,22 @@ def test_slide_in_stain_map_mode_is_pointwise_deterministic_and_recorded(tiny_mo
     assert not np.array_equal(outs[0], image)
     assert _lookup_is_pointwise(image, outs[0])  # one stain for the whole slide, nothing redrawn
     record = json.loads((tmp_path / "out0.tif.json").read_text())["config"]
-    assert record["mode"] == "stain-map" and record["overlap"] == 0
+    assert record["mode"] == "stain-map" and record["overlap"] == 0 and record["fit_level"] == 0
     assert record["stain_map"]["strength"] == 0.8 and record["stain_map"]["fit_tiles"] >= 1
     again = StainMap(np.array(record["stain_map"]["matrix"]), 0.8)(image)
     assert np.abs(again.astype(int) - outs[0]).max() <= 1
+
+
+def test_slide_read_at_an_mpp_fits_its_map_on_the_nearest_level(tiny_model, make_slide, tmp_path):
+    from pathgen.stain.slide import SlideFitConfig
+
+    image = np.concatenate([np.concatenate(_tiles(4, 128, site), axis=1) for site in "BDCB"])  # 512 × 512
+    slide = make_slide(image, name="big.tiff", mpp=0.25, tile=128)
+    out = tmp_path / "half.tif"
+    normalize_slide_saasn(slide, out, tiny_model, device="cpu", tile_size=64, mpp=0.5, mode="stain-map",
+                          strength=0.5, fit_config=SlideFitConfig(tile=64, n_tiles=8))
+    record = json.loads((tmp_path / "half.tif.json").read_text())["config"]
+    assert record["fit_level"] == 1 and record["mpp"] == 0.5  # level 1 is 0.5 µm/px, as the model reads it
 
 
 def test_image_path_and_stored_defaults(tiny_model, tmp_path):

@@ -141,3 +141,18 @@ def test_tile_function_loads_once_when_called_from_many_threads(monkeypatch):
     assert len(set(loads)) == 1  # one thread loaded the model, the others waited for it
     clone = pickle.loads(pickle.dumps(fn))  # what a dask worker receives: no model, a fresh lock
     assert clone._model is None and clone(batch, [(-32, -32)])[0].shape == (1, 128, 128, 1)
+
+
+def test_a_failed_run_leaves_no_empty_output_folder(tmp_path, capsys):
+    from PIL import Image
+
+    png = tmp_path / "no_mpp.png"  # a PNG carries no pixel size: the run stops before any output
+    Image.fromarray(render_tile(96, seed=1).image).save(png)
+    out = tmp_path / "seg"
+    assert main(["segment", str(png), "-o", str(out), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "no_mpp.png" in err and "--mpp" in err and not out.exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()  # a folder the user made stays, even empty
+    assert main(["segment", str(png), "-o", str(kept), "--quiet"]) != 0
+    assert kept.is_dir() and not any(kept.iterdir())

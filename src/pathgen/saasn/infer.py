@@ -290,13 +290,18 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
     else:
         fit_config = fit_config or SlideFitConfig()
         mask = tissue_mask(slide, fit_config.tissue)
-        tiles = sample_slide_tiles(slide, mask, level if (level is not None and mpp is None) else 0, fit_config)
+        if mpp is not None:  # fit on the pyramid level nearest the asked resolution, not finer than it
+            fit_level = slide.best_level_for_downsample(mpp / slide.mpp[0]) if slide.mpp else 0
+        else:
+            fit_level = level or 0
+        tiles = sample_slide_tiles(slide, mask, fit_level, fit_config)
         if not tiles:
             raise PathgenError("no tissue tile to fit the SAASN stain map on", slide_path)
         try:
             fn = norm.fit_stain_map(tiles, strength, seed=fit_config.seed)
         except PathgenError as err:
             raise PathgenError(err.problem, err.path or slide_path) from err
+        record["fit_level"] = fit_level
         cfg = _engine_config(tile_size, 0, batch_size, str(norm.device))  # a pointwise map needs no halo
         record["stain_map"] = fn.to_dict()
     run_before, glass_before = norm.windows_run, norm.windows_glass  # windows painted in the slide pass only

@@ -268,8 +268,10 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
     if not out.parent.exists():
         raise PathgenError("output folder's parent does not exist", out.parent)
     model_mpp = float(read_checkpoint_config(checkpoint)["model"].get("mpp", 0.5))
+    created = not out.exists()
     out.mkdir(exist_ok=True)
     spool_path = out / ".nuclei.spool.jsonl"
+    done = False
     try:
         slide = open_slide(input_path, mpp=slide_mpp)
         with slide:
@@ -356,8 +358,11 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
                    "windows": report.windows, "processed": report.processed, "skipped": report.skipped,
                    "stain_check": stain_check, "outputs": list(names)}
         save_run_config(out, config, extra=summary, json_path=out / "segment.json")
+        done = True
     finally:
         spool_path.unlink(missing_ok=True)  # the spool never outlives the run, failed or not
+        if created and not done and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no empty folder behind (one it did not create stays)
     return summary
 
 
