@@ -307,7 +307,8 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
         cache.write_text(json.dumps(cached, indent=2) + "\n")
     models = evaluate_stain(sources, work / "test" / "target", saasn=saasn_run,
                             ablation=ablation_run if ablation_run.exists() else None,
-                            methods=("saasn", "saasn-map", "cyclegan"), device="cpu", strength=strength)
+                            methods=("saasn", "saasn-map", "cyclegan", "cyclegan-map"), device="cpu",
+                            strength=strength)
     oracle = {f"{m} (test-fit)": r for m, r in cached["oracle"].items()}
     order = ["identity", "macenko", "vahadane", *oracle, *models["methods"]]
     report = {**models, "methods": order, "results": {**cached["results"], **oracle, **models["results"]},
@@ -332,7 +333,8 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
                  f"- SAASN run: `{os.path.relpath(saasn_run, HERE.parent)}`; ablation run: "
                  f"`{os.path.relpath(ablation_run, HERE.parent)}`",
                  f"- saasn-map: the same X→Y / Y→X generators in stain-map mode, strength "
-                 f"{report.get('strength', 'stored')} (one OD map per direction, fitted on that site's tiles pooled)",
+                 f"{report.get('strength', 'stored')} (one OD map per direction, fitted on that site's tiles "
+                 "pooled); cyclegan-map: the ablation's generators the same way, at the same strength",
                  "- classical rows: target fitted to the training tiles (`train/target`; Y → X: the training "
                  "source tiles), as SAASN only learns from those; `(test-fit)` rows: fitted to the test tiles "
                  "the colour distance is measured against (an oracle, the protocol of the earlier tables)",

@@ -179,6 +179,11 @@ def test_eval_reports_the_stain_map_rows_with_means(tiny_model, tmp_path):
     for d in report["directions"]:
         ident, mapped = report["results"]["identity"][d], report["results"]["saasn-map"][d]
         assert mapped["ssim_mean"] > 0.999 and abs(mapped["colour_swd"] - ident["colour_swd"]) < 0.5
+    # the ablation's map row is fitted and scored the same way, at the same strength
+    both = evaluate_stain({"B": tmp_path / "B"}, tmp_path / "target", saasn=tiny_model, ablation=tiny_model,
+                          methods=("saasn-map", "cyclegan-map"), strength=0.7, reverse=False)
+    assert both["results"]["cyclegan-map"] == both["results"]["saasn-map"]
+    assert both["results"]["saasn-map"]["B → Y"]["ssim_mean"] < 0.999
     table = format_table(report)
     assert "mean → Y" in table and "mean all" in table and "| saasn-map |" in table
 

@@ -118,10 +118,10 @@ def eval_stain_command(
     target: Path = typer.Option(..., "--target", "-t", help="Test tiles of the target domain (folder)."),
     saasn: Optional[Path] = typer.Option(None, "--saasn", help="SAASN run or model folder."),
     ablation: Optional[Path] = typer.Option(None, "--ablation", help="CycleGAN-ablation run folder."),
-    methods: str = typer.Option("identity,saasn,saasn-map,cyclegan,macenko,vahadane", "--methods",
+    methods: str = typer.Option("identity,saasn,saasn-map,cyclegan,cyclegan-map,macenko,vahadane", "--methods",
                                 help="Comma-separated methods (those needing a missing checkpoint are skipped); "
-                                     "saasn-map is the SAASN model in stain-map mode."),
-    strength: Optional[float] = typer.Option(None, "--strength", help="Stain-map strength of saasn-map in [0, 1] "
+                                     "saasn-map / cyclegan-map: the model in stain-map mode."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="Stain-map strength of the -map rows in [0, 1] "
                                                                        "(default: the model's stored one, else 1)."),
     no_reverse: bool = typer.Option(False, "--no-reverse", help="Skip the Y → X direction."),
     fit_target: Optional[Path] = typer.Option(

@@ -17,8 +17,9 @@ every method, each test tile is normalised and compared:
 Methods: ``identity`` (no change), ``saasn`` (a SAASN run/model: ``generator.safetensors`` for X → Y and
 ``generator_y2x.safetensors`` for Y → X, every tile painted by the generator), ``saasn-map`` (the same generators
 in stain-map mode, :mod:`pathgen.saasn.stainmap`: one map of optical density per direction, fitted to the
-generator's outputs on that site's tiles pooled, as the classical methods' slide-level source fit), ``cyclegan`` (the ablation: the same networks trained without
-SAASN's terms), ``macenko`` and ``vahadane`` (:class:`pathgen.stain.normalize.StainNormalizer`; target fitted on
+generator's outputs on that site's tiles pooled, as the classical methods' slide-level source fit), ``cyclegan`` (the
+ablation: the same networks trained without SAASN's terms), ``cyclegan-map`` (the ablation in stain-map mode, at
+the same strength as ``saasn-map``), ``macenko`` and ``vahadane`` (:class:`pathgen.stain.normalize.StainNormalizer`; target fitted on
 a reference set pooled, source fitted on each site's tiles pooled, as a slide-level fit).
 
 **Which tiles the classical methods fit their target to.** A learnt normaliser only ever sees its training tiles;
@@ -139,7 +140,8 @@ def _generator(checkpoint, direction: str, device: str):
 
 
 def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathLike, saasn=None, ablation=None,
-                   methods: tuple[str, ...] = ("identity", "saasn", "saasn-map", "cyclegan", "macenko", "vahadane"),
+                   methods: tuple[str, ...] = ("identity", "saasn", "saasn-map", "cyclegan", "cyclegan-map",
+                                               "macenko", "vahadane"),
                    reverse: bool = True, device: str = "cpu", seed: int = 0, strength: float | None = None,
                    colour: ColourDistanceConfig = ColourDistanceConfig(), save_dir: str | os.PathLike | None = None,
                    fit_target: str | os.PathLike | None = None,
@@ -155,14 +157,15 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     saasn, ablation : path, optional
         SAASN checkpoint folders for the ``saasn`` and ``cyclegan`` methods (skipped when None).
     methods : tuple of str
-        Any of identity, saasn, saasn-map, cyclegan, macenko, vahadane.
+        Any of identity, saasn, saasn-map, cyclegan, cyclegan-map, macenko, vahadane.
     reverse : bool
         Also evaluate the Y → X direction (target tiles normalised to the pooled sources).
     device : str
     seed : int
         Seed of the classical normalisers' pixel sampling (and of the stain-map fit's).
     strength : float, optional
-        Stain-map strength of ``saasn-map`` (default: the one stored with the SAASN model, else 1).
+        Stain-map strength of ``saasn-map`` and ``cyclegan-map`` (default: the one stored with the SAASN model,
+        else 1).
     colour : ColourDistanceConfig
     save_dir : path, optional
         Write every normalised tile as ``save_dir/<method>/<direction>/<tile>.png`` for inspection.
@@ -184,11 +187,11 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     from pathgen.metrics.image import ssim_gray
     from pathgen.saasn.stainmap import StainMap, fit_stain_map
 
-    unknown = sorted(set(methods) - {"identity", "saasn", "saasn-map", "cyclegan", *CLASSICAL})
+    unknown = sorted(set(methods) - {"identity", "saasn", "saasn-map", "cyclegan", "cyclegan-map", *CLASSICAL})
     if unknown:
         raise PathgenError(f"unknown method(s) {', '.join(unknown)} (choose identity, saasn, saasn-map, cyclegan, "
-                           "macenko, vahadane)")
-    checkpoints = {"saasn": saasn, "saasn-map": saasn, "cyclegan": ablation}
+                           "cyclegan-map, macenko, vahadane)")
+    checkpoints = {"saasn": saasn, "saasn-map": saasn, "cyclegan": ablation, "cyclegan-map": ablation}
     active = [m for m in methods if m not in checkpoints or checkpoints[m] is not None]
     if not sources:
         raise PathgenError("no source sites given")
@@ -207,8 +210,13 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     if reverse:
         directions.append((REVERSE, target_names, target_tiles, pooled_sources))
 
-    results: dict[str, dict] = {}
+    # both stain-map rows at one strength: the one given, else the SAASN model's stored one
     generators: dict = {}
+    map_strength = strength
+    if map_strength is None and saasn is not None and any(m.endswith("-map") for m in active):
+        generators[(str(saasn), "x2y")] = _generator(saasn, "x2y", device)
+        map_strength = generators[(str(saasn), "x2y")].resolve_mode("stain-map", None)[1]
+    results: dict[str, dict] = {}
     painted: dict = {}
     for method in active:
         results[method] = {}
@@ -224,12 +232,12 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
                 if gen_key not in generators:
                     generators[gen_key] = _generator(checkpoints[method], key, device)
                 gen = generators[gen_key]
-                # saasn and saasn-map share the generator's outputs: it paints each direction's tiles once
+                # a model and its -map row share the generator's outputs: it paints each direction's tiles once
                 if (gen_key, label) not in painted:
                     painted[(gen_key, label)] = [gen(t) for t in tiles]
                 outputs = painted[(gen_key, label)]
-                if method == "saasn-map":
-                    _, s = gen.resolve_mode("stain-map", strength)
+                if method.endswith("-map"):
+                    s = map_strength if map_strength is not None else gen.resolve_mode("stain-map", None)[1]
                     stain_map = StainMap(fit_stain_map(tiles, outputs, seed=seed), s, fit_tiles=len(tiles))
                     outputs = [stain_map(t) for t in tiles]
             scores = np.array([ssim_gray(o, t) for o, t in zip(outputs, tiles)])
