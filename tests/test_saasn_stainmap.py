@@ -224,3 +224,19 @@ def test_eval_classical_methods_fit_the_named_reference_not_the_test_tiles(tmp_p
                  "-o", str(report)]) == 0
     data = json.loads(report.read_text())
     assert data["results"]["macenko"]["B → Y"]["colour_swd"] == pytest.approx(got["colour_swd"])
+
+
+def test_eval_of_a_model_without_the_reverse_generator_says_to_skip_y_to_x(tmp_path, capsys):
+    from pathgen.data.models import shipped_model
+
+    for site in ("B", "target"):
+        (tmp_path / site).mkdir()
+        Image.fromarray(render_tile(64, seed=1, site="A" if site == "target" else site).image).save(
+            tmp_path / site / "0.png")
+    args = ["eval", "stain", "-s", str(tmp_path / "B"), "-t", str(tmp_path / "target"),
+            "--saasn", str(shipped_model("saasn")), "--methods", "saasn-map"]
+    assert main(args) != 0  # the shipped model keeps only the X → Y generator
+    err = capsys.readouterr().err
+    assert "saasn_small" in err and "no y2x generator" in err and "--no-reverse" in err
+    assert main(args + ["--no-reverse"]) == 0
+    assert "| saasn-map |" in capsys.readouterr().out

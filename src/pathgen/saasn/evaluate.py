@@ -136,7 +136,13 @@ def _classical(method: str, reference: list[np.ndarray], sources: list[np.ndarra
 def _generator(checkpoint, direction: str, device: str):
     from pathgen.saasn.infer import SaasnNormalizer
 
-    return SaasnNormalizer(checkpoint, device=device, direction=direction, max_batch=4)
+    try:
+        return SaasnNormalizer(checkpoint, device=device, direction=direction, max_batch=4)
+    except PathgenError as err:
+        if direction == "y2x":  # e.g. a shipped model, which keeps only the X → Y generator
+            raise PathgenError(f"{err.problem}; evaluate X → Y only (--no-reverse)",
+                               err.path) from err
+        raise
 
 
 def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathLike, saasn=None, ablation=None,
