@@ -331,7 +331,7 @@ def evaluate(work: Path = WORK, saasn_run: Path | None = None, ablation_run: Pat
         counts = ", ".join(f"{k}: {v}" for k, v in report["tiles"].items())
         lines = [f"- test tiles ({TILE} px): {counts}",
                  f"- SAASN run: `{os.path.relpath(saasn_run, HERE.parent)}`; ablation run: "
-                 f"`{os.path.relpath(ablation_run, HERE.parent)}`",
+                 + (f"`{os.path.relpath(ablation_run, HERE.parent)}`" if ablation_run.exists() else "none"),
                  f"- saasn-map: the same X→Y / Y→X generators in stain-map mode, strength "
                  f"{report.get('strength', 'stored')} (one OD map per direction, fitted on that site's tiles "
                  "pooled); cyclegan-map: the ablation's generators the same way, at the same strength",
