@@ -135,3 +135,33 @@ def test_semantic_scores_per_image_and_pooled():
     assert smoothed.per_class_dice[1] == 1.0  # class 2 absent on both sides
     with pytest.raises(PathgenError, match="outside"):
         semantic_scores([t0], [p0 + 5], n_classes=3)
+
+
+def test_sliced_wasserstein_hand_values():
+    from pathgen.metrics import sliced_wasserstein
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 1))
+    # in one dimension every direction is ±1: W1 between a cloud and its shift by 2.5 is exactly 2.5
+    assert sliced_wasserstein(a, a + 2.5) == pytest.approx(2.5)
+    assert sliced_wasserstein(a, a) == 0.0
+    # two point masses a distance r apart in 3-D: the mean of |cos| over random directions is 1/2, so r / 2
+    v = np.array([[3.0, -4.0, 0.0]])
+    got = sliced_wasserstein(np.zeros((10, 3)), np.repeat(v, 10, axis=0), projections=20000)
+    assert got == pytest.approx(2.5, rel=0.02)
+    assert np.isnan(sliced_wasserstein(np.zeros((0, 3)), v))
+
+
+def test_colour_distance_uses_the_source_tissue_and_ignores_glass():
+    from pathgen.metrics import colour_distance
+
+    tissue = np.zeros((32, 32, 3), np.uint8)
+    tissue[:16] = (150, 60, 160)  # dark purple, L < 80: tissue
+    tissue[16:] = (245, 245, 245)  # glass
+    # an "output" that paints the glass black is still compared on the source's tissue only
+    out = tissue.copy()
+    out[16:] = 0
+    assert colour_distance([out], [tissue], [tissue]) == pytest.approx(0.0, abs=1e-9)
+    shifted = tissue.copy()
+    shifted[:16] = (130, 40, 140)
+    assert colour_distance([shifted], [tissue], [tissue]) > 3.0

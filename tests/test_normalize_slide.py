@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import openslide
@@ -140,3 +141,54 @@ def test_saasn_method_on_image_and_slide(make_slide, tmp_path, capsys):
     assert main(["normalize", str(tmp_path / "in.png"), "-o", str(tmp_path / "x.png"), "--method", "saasn",
                  "--target", str(tmp_path / "in.png")]) != 0
     assert "no --target" in capsys.readouterr().err
+
+
+def test_qc_colour_distance_to_the_target_by_hand_and_in_the_report(real_svs, real_target, tmp_path, capsys):
+    from pathgen.metrics import colour_distance
+    from pathgen.qc import slide_pair_ssim
+    from pathgen.saasn.data import read_rgb
+    from pathgen.slide import open_slide
+    from PIL import Image
+
+    out = tmp_path / "n.tiff"
+    norm = StainNormalizer("macenko").fit_target(str(real_target))
+    normalize_slide(real_svs, out, norm, engine=EngineConfig(tile_size=512, overlap=32))
+    res = slide_pair_ssim(real_svs, out, tile=64, max_tiles=10, target=real_target)
+    # by hand, on the same tiles (small enough that no colour sample is thinned)
+    with open_slide(real_svs) as sa, open_slide(out) as sb:
+        src = [sa.read_region((t["x"], t["y"]), 0, (64, 64)) for t in res.tiles]
+        dst = [sb.read_region((t["x"], t["y"]), 0, (64, 64)) for t in res.tiles]
+    target = read_rgb(real_target)
+    assert res.colour_to_target == pytest.approx(colour_distance(dst, src, [target]))
+    assert res.colour_before == pytest.approx(colour_distance(src, src, [target]))
+    # a target made of the very tiles compared has the same colours: distance 0, before and after "no change"
+    own = tmp_path / "own.png"
+    Image.fromarray(np.concatenate(src, axis=1)).save(own)
+    itself = slide_pair_ssim(real_svs, real_svs, tile=64, max_tiles=10, target=own)
+    assert itself.colour_to_target == itself.colour_before == pytest.approx(0.0, abs=1e-9)
+    assert res.colour_before > 1.0  # the other lab's target image is not
+    rc = main(["qc", "report", str(real_svs), str(out), "-o", str(tmp_path / "r.html"), "--max-tiles", "20",
+               "--target", str(real_target)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "colour distance to the target" in text
+    assert "Colour distance to the target" in (tmp_path / "r.html").read_text()
+
+
+def test_demo_pipeline_writes_every_method_and_scores_both_ways(tmp_path, capsys):
+    """`make demo`'s pipeline on the real sample data, with a classical method and the shipped SAASN model."""
+    import openslide
+
+    out = tmp_path / "demo"
+    config = tmp_path / "demo.toml"
+    config.write_text(f'pipeline = "demo"\noutput_dir = "{out}"\nmethods = ["macenko", "saasn"]\n'
+                      'tile_size = 512\noverlap = 32\nseed = 0\noverwrite = true\ndevice = "cpu"\n')
+    assert main(["run", str(config), "--quiet"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"macenko", "saasn"} and summary["colour_before"] > 0
+    for method, row in summary["methods"].items():
+        with openslide.OpenSlide(row["output"]) as s:
+            assert s.level_count >= 2 and s.dimensions == (2220, 2967)
+        assert 0.5 < row["ssim"] < 1.0 and row["colour_to_target"] > 0
+        assert "Colour distance to the target" in Path(row["report"]).read_text()
+    printed = capsys.readouterr().out
+    assert "saasn:" in printed and "colour distance to the target" in printed

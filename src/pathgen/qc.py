@@ -30,15 +30,22 @@ class SlideSSIM:
     tile: int
     level: int
     tiles: list[dict] = field(default_factory=list)  # {"x", "y" (level-0 px), "ssim"}
+    colour_to_target: float | None = None  # sliced W1 (CIELAB) of the processed tissue colours to the target's
+    colour_before: float | None = None  # the same for the source as it was: what the processing changed
 
     def as_dict(self) -> dict:
-        return {"ssim": self.ssim, "ssim_std": self.ssim_std, "n_tiles": self.n_tiles, "tile": self.tile,
-                "level": self.level, "per_tile": self.tiles}
+        out = {"ssim": self.ssim, "ssim_std": self.ssim_std, "n_tiles": self.n_tiles, "tile": self.tile,
+               "level": self.level, "per_tile": self.tiles}
+        if self.colour_to_target is not None:
+            out.update(colour_to_target=self.colour_to_target, colour_before=self.colour_before)
+        return out
 
 
 def slide_pair_ssim(a, b, tile: int = 256, level: int = 0, min_tissue: float = 0.5, max_tiles: int | None = 400,
-                    seed: int = 0) -> SlideSSIM:
-    """Grayscale SSIM between two slides of the same size, per tissue tile.
+                    seed: int = 0, target=None) -> SlideSSIM:
+    """Grayscale SSIM between two slides of the same size, per tissue tile; with ``target``, also how close the
+    processed slide's colours are to the target's (:func:`pathgen.metrics.colour.colour_distance`, on the same
+    tiles, tissue decided on ``a``), and how close ``a``'s were before.
 
     Parameters
     ----------
@@ -50,8 +57,11 @@ def slide_pair_ssim(a, b, tile: int = 256, level: int = 0, min_tissue: float = 0
         Fraction of a tile the tissue mask of ``a`` must cover for it to count.
     max_tiles : int, optional
         Evaluate at most this many tissue tiles, drawn at random (seeded) over the slide; None for all.
+    target : path or ndarray, optional
+        The target image (``(H, W, 3)`` uint8, or an image file) the slide was normalised to.
     """
-    from pathgen.metrics import ssim_gray
+    from pathgen.metrics import ColourDistanceConfig, ssim_gray
+    from pathgen.metrics.colour import lab_cloud_distance, subsample_points, tissue_lab
     from pathgen.slide import open_slide
     from pathgen.stain.slide import candidate_tiles
     from pathgen.tissue import tissue_mask
@@ -71,6 +81,10 @@ def slide_pair_ssim(a, b, tile: int = 256, level: int = 0, min_tissue: float = 0
         cells = [cells[i] for i in pick]
     lw, lh = sa.level_dimensions[level]
     lbw, lbh = sb.level_dimensions[level]
+    colour = ColourDistanceConfig(seed=seed)
+    per_tile = colour.max_pixels // len(cells) + 1  # the gathered colours stay under max_pixels, however big
+    before: list[np.ndarray] = []
+    after: list[np.ndarray] = []
     out = []
     for x, y, _ in cells:
         lx, ly = int(x / ds), int(y / ds)
@@ -80,8 +94,23 @@ def slide_pair_ssim(a, b, tile: int = 256, level: int = 0, min_tissue: float = 0
         ta = sa.read_level_region(lx, ly, level, w, h)
         tb = sb.read_level_region(lx, ly, level, w, h)
         out.append({"x": int(x), "y": int(y), "ssim": float(ssim_gray(ta, tb))})
+        if target is not None:
+            k = seed + len(out)
+            after.append(subsample_points(tissue_lab(tb, ta, colour.luminosity_threshold), per_tile, k))
+            before.append(subsample_points(tissue_lab(ta, None, colour.luminosity_threshold), per_tile, k))
     vals = np.array([t["ssim"] for t in out])
-    return SlideSSIM(float(vals.mean()), float(vals.std()), len(out), tile, level, out)
+    res = SlideSSIM(float(vals.mean()), float(vals.std()), len(out), tile, level, out)
+    if target is not None:
+        from pathgen.saasn.data import read_rgb
+
+        image = read_rgb(target) if isinstance(target, (str, os.PathLike)) else np.asarray(target)
+        ref = tissue_lab(image, None, colour.luminosity_threshold)
+        if not len(ref):
+            raise PathgenError("target image has no tissue pixels to compare colours with",
+                               target if isinstance(target, (str, os.PathLike)) else None)
+        res.colour_to_target = lab_cloud_distance(np.concatenate(after), ref, colour)
+        res.colour_before = lab_cloud_distance(np.concatenate(before), ref, colour)
+    return res
 
 
 def _png_data_uri(img: np.ndarray) -> str:
@@ -142,20 +171,20 @@ def _stain_rows(fit: dict | None, label: str) -> str:
 
 
 def build_report(source, normalised, output, tile: int = 256, max_tiles: int | None = 400,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, target=None) -> dict:
     """Write an HTML page comparing a source slide and its normalised version.
 
     The page embeds before/after thumbnails, the stain vectors of source and target (read from the JSON written
-    next to the normalised slide, when present), the per-tile SSIM histogram and summary figures. Returns the
-    summary as a dict.
+    next to the normalised slide, when present), the per-tile SSIM histogram and summary figures; with ``target``
+    (the target image), also the colour distance to it before and after. Returns the summary as a dict.
     """
     from pathgen import __version__
     from pathgen.io.atomic import atomic_path, check_output
     from pathgen.slide import open_slide
 
-    check_output(output, overwrite=overwrite, inputs=(source, normalised))
+    check_output(output, overwrite=overwrite, inputs=(source, normalised) + ((target,) if target is not None else ()))
     sa, sb = open_slide(source), open_slide(normalised)
-    res = slide_pair_ssim(sa, sb, tile=tile, max_tiles=max_tiles)
+    res = slide_pair_ssim(sa, sb, tile=tile, max_tiles=max_tiles, target=target)
     side = Path(str(normalised) + ".json")
     meta = json.loads(side.read_text()) if side.exists() else {}
     norm = meta.get("config", {}).get("normalizer", {}) if meta else {}
@@ -174,6 +203,10 @@ margin-right:6px;vertical-align:middle;border:1px solid #888}} .big{{font-size:2
 <p>Source <code>{html.escape(str(source))}</code> → normalised <code>{html.escape(str(normalised))}</code>
 {f"(method <b>{html.escape(str(method))}</b>)" if method else ""}</p>
 <p class=big>Grayscale SSIM {res.ssim:.4f} ± {res.ssim_std:.4f} over {res.n_tiles} tissue tiles of {tile} px</p>
+{"" if res.colour_to_target is None else
+ f"<p class=big>Colour distance to the target {res.colour_to_target:.2f} (before: {res.colour_before:.2f})</p>"
+ "<p>Sliced Wasserstein-1 distance in CIELAB between the tissue colours of the same tiles and those of the target "
+ "image (lower = closer; the counterweight to SSIM, which an unchanged slide maximises).</p>"}
 <div class=row><figure><img src="{thumbs[0]}"><figcaption>before</figcaption></figure>
 <figure><img src="{thumbs[1]}"><figcaption>after</figcaption></figure></div>
 <h2>Stain vectors (optical density, unit rows)</h2>

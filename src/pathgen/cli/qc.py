@@ -98,13 +98,18 @@ def report(
     output: Path = typer.Option(..., "-o", "--output", help="HTML page to write."),
     tile: int = typer.Option(256, "--tile", help="Tile side for the per-tile SSIM."),
     max_tiles: int = typer.Option(400, "--max-tiles", help="Most tissue tiles scored (random, seeded)."),
+    target: Optional[Path] = typer.Option(None, "--target", help="The target image: also report the colour "
+                                                                 "distance to it, before and after."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
 ) -> None:
     """An HTML page: before/after thumbnails, stain vectors, per-tile SSIM histogram (images embedded)."""
     from pathgen.qc import build_report
 
-    s = build_report(source, normalised, output, tile=tile, max_tiles=max_tiles, overwrite=overwrite)
-    typer.echo(f"wrote {output}: SSIM {s['ssim']:.4f} ± {s['ssim_std']:.4f} over {s['n_tiles']} tissue tiles")
+    s = build_report(source, normalised, output, tile=tile, max_tiles=max_tiles, overwrite=overwrite, target=target)
+    colour = (f"; colour distance to the target {s['colour_to_target']:.2f} (before {s['colour_before']:.2f})"
+              if target is not None else "")
+    typer.echo(f"wrote {output}: SSIM {s['ssim']:.4f} ± {s['ssim_std']:.4f} over {s['n_tiles']} tissue tiles"
+               + colour)
 
 
 def register(app: typer.Typer) -> None:

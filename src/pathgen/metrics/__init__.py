@@ -6,6 +6,7 @@
   :func:`detection_scores` (centroid-paired F1).
 * Semantic maps (:mod:`.semantic`): :func:`dice_masks`, :func:`iou_masks`, :func:`semantic_scores`.
 * Images (:mod:`.image`): :func:`ssim_gray` (SAASN), :func:`ssim_rgb`, :func:`psnr`.
+* Colours (:mod:`.colour`): :func:`colour_distance` (sliced W1 of tissue colours in CIELAB to a reference set).
 * Image sets (:mod:`.fid`): :func:`fid_from_features`, :func:`kid_from_features`, the FID Inception-v3 in plain
   torch, pluggable extractors.
 * Files (:mod:`.formats`), dataset reports (:mod:`.report`), class tables (:mod:`.classes`).
@@ -15,6 +16,7 @@ Every definition follows ANCHORS.md §2 and METHODS.md §6; the module docstring
 """
 
 from pathgen.metrics.classes import NUCLEUS_TYPES, PANNUKE_TYPES, NucleusType
+from pathgen.metrics.colour import ColourDistanceConfig, colour_distance, sliced_wasserstein
 from pathgen.metrics.image import psnr, ssim_gray, ssim_map, ssim_rgb, to_gray
 from pathgen.metrics.instance import (Overlap, PQResult, aji, aji_plus, dice1, dice2, instance_scores,
                                       pairwise_overlap, pq, remap_label)
@@ -31,6 +33,7 @@ __all__ = [
     "centroids_and_types", "pair_centroids", "pannuke_binarize", "to_pannuke_channels",
     "SemanticResult", "dice_masks", "iou_masks", "semantic_scores",
     "ssim_gray", "ssim_rgb", "ssim_map", "psnr", "to_gray",
+    "ColourDistanceConfig", "colour_distance", "sliced_wasserstein",
     "fid_from_features", "kid_from_features", "frechet_distance", "KIDResult", "InceptionV3Pool3",
     "InceptionExtractor", "ModuleExtractor", "load_inception",
 ]

@@ -2,8 +2,11 @@
 
 1. fetch the real sample slide (Aperio SVS) and the real target image (hash-checked, cached);
 2. detect tissue and save the mask;
-3. normalise the whole slide to the target with each configured method, slide-level fit, into pyramidal TIFFs;
-4. score structure kept (tile-wise grayscale SSIM) and write an HTML QC report per method.
+3. normalise the whole slide to the target with each configured method into pyramidal TIFFs: the classical
+   methods with a slide-level fit to the target image; ``saasn`` with the shipped SAASN model (trained towards that
+   same target image; stain-map mode, its stored strength) or ``saasn_checkpoint``;
+4. score structure kept (tile-wise grayscale SSIM) and colour match (colour distance of the same tiles to the
+   target image, and of the slide before) and write an HTML QC report per method.
 
 Configuration: ``pipelines/demo.toml``.
 """
@@ -24,7 +27,9 @@ class Config:
     output_dir: str = "out/demo"
     slide: str = "sample:cmu_small_region.svs"
     target: str = "sample:target_image.png"
-    methods: list[str] = field(default_factory=lambda: ["macenko", "vahadane"])
+    methods: list[str] = field(default_factory=lambda: ["macenko", "vahadane", "saasn"])
+    saasn_checkpoint: str | None = None  # None: the shipped model (sample_data/models/saasn_small)
+    device: str = "auto"
     tile_size: int = 512
     overlap: int = 32
     quality: int = 90
@@ -57,18 +62,31 @@ def run(cfg: Config) -> dict:
     print(f"tissue: {100 * mask.fraction:.1f}% of the overview → {out / 'tissue.png'}")
     for method in cfg.methods:
         t0 = time.perf_counter()
-        norm = StainNormalizer(method, seed=cfg.seed).fit_target(str(target_path))
         result = out / f"{slide_path.stem}_{method}.tiff"
-        rep = normalize_slide(slide_path, result, norm, overwrite=cfg.overwrite, quality=cfg.quality,
-                              engine=EngineConfig(tile_size=cfg.tile_size, overlap=cfg.overlap, batch_size=4),
-                              fit_config=SlideFitConfig(seed=cfg.seed))
+        if method == "saasn":
+            from pathgen.data.models import shipped_model
+            from pathgen.saasn.infer import normalize_slide_saasn
+
+            rep = normalize_slide_saasn(slide_path, result, cfg.saasn_checkpoint or shipped_model("saasn"),
+                                        device=cfg.device, tile_size=cfg.tile_size, overwrite=cfg.overwrite,
+                                        quality=cfg.quality, fit_config=SlideFitConfig(seed=cfg.seed))
+        else:
+            norm = StainNormalizer(method, seed=cfg.seed).fit_target(str(target_path))
+            rep = normalize_slide(slide_path, result, norm, overwrite=cfg.overwrite, quality=cfg.quality,
+                                  engine=EngineConfig(tile_size=cfg.tile_size, overlap=cfg.overlap, batch_size=4,
+                                                      device=cfg.device),
+                                  fit_config=SlideFitConfig(seed=cfg.seed))
         seconds = time.perf_counter() - t0
-        qc = build_report(slide_path, result, out / f"{slide_path.stem}_{method}_qc.html", overwrite=True)
+        report = out / f"{slide_path.stem}_{method}_qc.html"
+        qc = build_report(slide_path, result, report, overwrite=True, target=target_path)
+        summary["colour_before"] = qc["colour_before"]
         summary["methods"][method] = {"output": str(result), "seconds": round(seconds, 2), "tiles": rep.windows,
                                       "tiles_with_tissue": rep.processed, "ssim": qc["ssim"],
-                                      "ssim_std": qc["ssim_std"], "report": str(out / f"{slide_path.stem}_{method}_qc.html")}
+                                      "ssim_std": qc["ssim_std"], "colour_to_target": qc["colour_to_target"],
+                                      "report": str(report)}
         print(f"{method}: {result} in {seconds:.1f} s; grayscale SSIM vs source {qc['ssim']:.4f} ± "
-              f"{qc['ssim_std']:.4f} ({qc['n_tiles']} tissue tiles)")
+              f"{qc['ssim_std']:.4f} ({qc['n_tiles']} tissue tiles); colour distance to the target "
+              f"{qc['colour_to_target']:.2f} (slide as it was: {qc['colour_before']:.2f})")
     write_json_atomic(out / "summary.json", summary)
     save_run_config(out, cfg, seed=cfg.seed)
     print(f"summary: {out / 'summary.json'}")

@@ -33,26 +33,16 @@ tiles where there is nothing else. The report says which (``classical_reference`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pathgen.errors import PathgenError
+from pathgen.metrics.colour import (ColourDistanceConfig, colour_distance, sliced_wasserstein,  # noqa: F401
+                                    tissue_lab)
 
 CLASSICAL = ("macenko", "vahadane")
 REVERSE = "Y → X"
-
-
-@dataclass
-class ColourDistanceConfig:
-    """Settings of :func:`sliced_wasserstein_lab` (saved with reports)."""
-
-    projections: int = 64
-    quantiles: int = 512
-    max_pixels: int = 200_000
-    luminosity_threshold: float = 0.8
-    seed: int = 0
 
 
 def load_tiles(path: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]:
@@ -70,58 +60,6 @@ def load_tiles(path: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]:
     else:
         raise PathgenError("no such file or folder", p)
     return [f.name for f in files], [read_rgb(f) for f in files]
-
-
-def tissue_lab(image: np.ndarray, mask_source: np.ndarray | None = None, luminosity_threshold: float = 0.8
-               ) -> np.ndarray:
-    """CIELAB colours ``(n, 3)`` float64 of the tissue pixels of ``image``.
-
-    Tissue is ``L < 100 · luminosity_threshold`` in ``mask_source`` (default: ``image`` itself).
-    """
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(np.asarray(image))
-    ref = lab if mask_source is None else rgb2lab(np.asarray(mask_source))
-    return lab[ref[..., 0] < 100.0 * luminosity_threshold].reshape(-1, 3)
-
-
-def sliced_wasserstein(a: np.ndarray, b: np.ndarray, projections: int = 64, quantiles: int = 512,
-                       seed: int = 0) -> float:
-    """Sliced Wasserstein-1 distance between two point clouds ``(n, d)`` and ``(m, d)``.
-
-    Each of ``projections`` random unit directions (seeded) projects both clouds to 1-D, where W1 is the mean
-    absolute difference of ``quantiles`` evenly spaced quantiles; the result is the mean over directions, in the
-    points' units. 0 for identical distributions; ``nan`` if either cloud is empty.
-    """
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise PathgenError(f"point clouds must be (n, d) with the same d, got {a.shape} and {b.shape}")
-    if len(a) == 0 or len(b) == 0:
-        return float("nan")
-    rng = np.random.default_rng(seed)
-    dirs = rng.normal(size=(projections, a.shape[1]))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    q = (np.arange(quantiles) + 0.5) / quantiles
-    qa = np.quantile(a @ dirs.T, q, axis=0)
-    qb = np.quantile(b @ dirs.T, q, axis=0)
-    return float(np.abs(qa - qb).mean())
-
-
-def _subsample(points: np.ndarray, n: int, seed: int) -> np.ndarray:
-    if len(points) <= n:
-        return points
-    return points[np.random.default_rng(seed).choice(len(points), n, replace=False)]
-
-
-def colour_distance(outputs: list[np.ndarray], sources: list[np.ndarray], reference: list[np.ndarray],
-                    cfg: ColourDistanceConfig = ColourDistanceConfig()) -> float:
-    """Sliced W1 in CIELAB between the outputs' tissue colours and the reference tiles' tissue colours."""
-    out_px = np.concatenate([tissue_lab(o, s, cfg.luminosity_threshold) for o, s in zip(outputs, sources)])
-    ref_px = np.concatenate([tissue_lab(r, None, cfg.luminosity_threshold) for r in reference])
-    out_px = _subsample(out_px, cfg.max_pixels, cfg.seed)
-    ref_px = _subsample(ref_px, cfg.max_pixels, cfg.seed + 1)
-    return sliced_wasserstein(out_px, ref_px, cfg.projections, cfg.quantiles, cfg.seed)
 
 
 def _classical(method: str, reference: list[np.ndarray], sources: list[np.ndarray], device: str, seed: int):
