@@ -101,15 +101,16 @@ def slide_pair_ssim(a, b, tile: int = 256, level: int = 0, min_tissue: float = 0
     vals = np.array([t["ssim"] for t in out])
     res = SlideSSIM(float(vals.mean()), float(vals.std()), len(out), tile, level, out)
     if target is not None:
-        from pathgen.saasn.data import read_rgb
+        from pathgen.stain.apply import read_image
 
-        image = read_rgb(target) if isinstance(target, (str, os.PathLike)) else np.asarray(target)
+        named = isinstance(target, (str, os.PathLike))
+        image = read_image(target)[0] if named else np.asarray(target)
         ref = tissue_lab(image, None, colour.luminosity_threshold)
         if not len(ref):
-            raise PathgenError("target image has no tissue pixels to compare colours with",
-                               target if isinstance(target, (str, os.PathLike)) else None)
-        res.colour_to_target = lab_cloud_distance(np.concatenate(after), ref, colour)
-        res.colour_before = lab_cloud_distance(np.concatenate(before), ref, colour)
+            raise PathgenError("target image has no tissue pixels to compare colours with", target if named else None)
+        empty = np.zeros((0, 3))  # no tile read: the distances are nan, as the SSIM mean is
+        res.colour_to_target = lab_cloud_distance(np.concatenate([empty, *after]), ref, colour)
+        res.colour_before = lab_cloud_distance(np.concatenate([empty, *before]), ref, colour)
     return res
 
 
@@ -182,7 +183,8 @@ def build_report(source, normalised, output, tile: int = 256, max_tiles: int | N
     from pathgen.io.atomic import atomic_path, check_output
     from pathgen.slide import open_slide
 
-    check_output(output, overwrite=overwrite, inputs=(source, normalised) + ((target,) if target is not None else ()))
+    inputs = (source, normalised) + ((target,) if target is not None else ())
+    check_output(output, overwrite=overwrite, inputs=inputs)
     sa, sb = open_slide(source), open_slide(normalised)
     res = slide_pair_ssim(sa, sb, tile=tile, max_tiles=max_tiles, target=target)
     side = Path(str(normalised) + ".json")

@@ -19,8 +19,8 @@ Methods: ``identity`` (no change), ``saasn`` (a SAASN run/model: ``generator.saf
 in stain-map mode, :mod:`pathgen.saasn.stainmap`: one map of optical density per direction, fitted to the
 generator's outputs on that site's tiles pooled, as the classical methods' slide-level source fit), ``cyclegan`` (the
 ablation: the same networks trained without SAASN's terms), ``cyclegan-map`` (the ablation in stain-map mode, at
-the same strength as ``saasn-map``), ``macenko`` and ``vahadane`` (:class:`pathgen.stain.normalize.StainNormalizer`; target fitted on
-a reference set pooled, source fitted on each site's tiles pooled, as a slide-level fit).
+the same strength as ``saasn-map``), ``macenko`` and ``vahadane`` (:class:`pathgen.stain.normalize.StainNormalizer`;
+target fitted on a reference set pooled, source fitted on each site's tiles pooled, as a slide-level fit).
 
 **Which tiles the classical methods fit their target to.** A learnt normaliser only ever sees its training tiles;
 a classical one is given a reference. With ``fit_target`` (and ``fit_sources`` for Y → X) the reference is a set
@@ -78,8 +78,7 @@ def _generator(checkpoint, direction: str, device: str):
         return SaasnNormalizer(checkpoint, device=device, direction=direction, max_batch=4)
     except PathgenError as err:
         if direction == "y2x":  # e.g. a shipped model, which keeps only the X → Y generator
-            raise PathgenError(f"{err.problem}; evaluate X → Y only (--no-reverse)",
-                               err.path) from err
+            raise PathgenError(f"{err.problem}; evaluate X → Y only (--no-reverse)", err.path) from err
         raise
 
 
@@ -123,8 +122,8 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
     -------
     dict
         ``{"directions": [...], "methods": [...], "results": {method: {direction: {"ssim_mean", "ssim_std",
-        "colour_swd", "n", "ssim" (per tile)}}}, "tiles": {site: n}, "colour_config": {...}, "classical_reference": {"X → Y": str,
-        "Y → X": str}}``
+        "colour_swd", "n", "ssim" (per tile)}}}, "tiles": {site: n}, "colour_config": {...},
+        "classical_reference": {"X → Y": str, "Y → X": str}}``
     """
     from dataclasses import asdict
 
