@@ -22,8 +22,8 @@ Heavy imports (torch) happen when a submodule is imported.
 from __future__ import annotations
 
 __all__ = ["SAASNConfig", "LossConfig", "TrainConfig", "DataConfig", "SaasnNormalizer", "normalize_image_saasn",
-           "normalize_slide_saasn", "StainMap", "fit_stain_map", "train_saasn", "evaluate_stain", "load_generator", "save_generators",
-           "default_model_path"]
+           "normalize_slide_saasn", "StainMap", "fit_stain_map", "train_saasn", "evaluate_stain", "load_generator",
+           "save_generators", "default_model_path"]
 
 _WHERE = {
     "SAASNConfig": "networks", "LossConfig": "losses", "TrainConfig": "train", "DataConfig": "data",

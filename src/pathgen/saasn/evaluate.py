@@ -62,12 +62,21 @@ def load_tiles(path: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]:
     return [f.name for f in files], [read_rgb(f) for f in files]
 
 
-def _classical(method: str, reference: list[np.ndarray], sources: list[np.ndarray], device: str, seed: int):
+def _stack(images: list[np.ndarray]):
+    """One array when every image has the same shape (the normaliser's fast path), else the list."""
+    return np.stack(images) if len({im.shape for im in images}) == 1 else images
+
+
+def _classical_target(method: str, reference: list[np.ndarray], device: str, seed: int):
     from pathgen.stain.normalize import StainNormalizer
 
-    norm = StainNormalizer(method, device=device, seed=seed)
-    norm.fit_target(np.stack(reference) if len({r.shape for r in reference}) == 1 else reference)
-    norm.fit_source(np.stack(sources) if len({s.shape for s in sources}) == 1 else sources)
+    return StainNormalizer(method, device=device, seed=seed).fit_target(_stack(reference))
+
+
+def _classical(norm, sources: list[np.ndarray]) -> list[np.ndarray]:
+    """``sources`` normalised by a target-fitted classical normaliser, their stain fitted on them pooled (the
+    source fit is seeded afresh each time, so reusing one target fit across directions changes nothing)."""
+    norm.fit_source(_stack(sources))
     return [np.asarray(norm.transform(s)) for s in sources]
 
 
@@ -160,6 +169,7 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
         generators[(str(saasn), "x2y")] = _generator(saasn, "x2y", device)
         map_strength = generators[(str(saasn), "x2y")].resolve_mode("stain-map", None)[1]
     results: dict[str, dict] = {}
+    targets: dict = {}
     painted: dict = {}
     for method in active:
         results[method] = {}
@@ -168,7 +178,9 @@ def evaluate_stain(sources: dict[str, str | os.PathLike], target: str | os.PathL
             if method == "identity":
                 outputs = [t.copy() for t in tiles]
             elif method in CLASSICAL:
-                outputs = _classical(method, fit_y if x2y else fit_x, tiles, device, seed)
+                if (method, x2y) not in targets:  # one target fit per method and side, shared by directions
+                    targets[(method, x2y)] = _classical_target(method, fit_y if x2y else fit_x, device, seed)
+                outputs = _classical(targets[(method, x2y)], tiles)
             else:
                 key = "x2y" if x2y else "y2x"
                 gen_key = (str(checkpoints[method]), key)

@@ -108,9 +108,9 @@ class SAASNConfig:
         pathgen extension, off in the paper's architecture: every discriminator gets a second, pixel-wise branch
         beside its PatchGAN (pix2pix's "PixelGAN": 1×1 convs without normalisation or spectral norm, a decision
         per pixel, so it judges colour alone and no texture). A colour-transform generator cannot change texture,
-        so a PatchGAN that tells the generated source sites from the real target by their texture gives it no useful gradient; the pixel
-        branch does. The discriminator then returns both decision maps and the adversarial losses of the two add
-        (as the several discriminators of pix2pixHD).
+        so a PatchGAN that tells the generated source sites from the real target by their texture gives it no
+        useful gradient; the pixel branch does. The discriminator then returns both decision maps and the
+        adversarial losses of the two add (as the several discriminators of pix2pixHD).
     """
 
     image_size: int = 128

@@ -6,8 +6,8 @@ what the generator learned about the target's appearance and nothing else:
 
 1. run the X→Y generator on tissue tiles sampled across the slide (the tiles the classical slide-level fit reads);
 2. fit one 3 × 3 matrix ``A`` by least squares so that ``OD_out ≈ OD_in · A`` over their tissue pixels, where
-   ``OD = ln(255 / I)`` (:func:`pathgen.stain.optical.rgb_to_od`; Beer–Lambert: a change of stain is a linear map of optical density, the model under
-   Macenko and Vahadane; no offset, so glass stays glass);
+   ``OD = ln(255 / I)`` (:func:`pathgen.stain.optical.rgb_to_od`; Beer–Lambert: a change of stain is a linear
+   map of optical density, the model under Macenko and Vahadane; no offset, so glass stays glass);
 3. apply ``M = I + s · (A − I)`` to every pixel of the slide, ``s`` the strength (1: the generator's stain, 0: the
    input unchanged).
 
