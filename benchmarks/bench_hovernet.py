@@ -134,9 +134,9 @@ def write_overlay(model, args) -> str:
     from skimage.segmentation import find_boundaries
 
     from pathgen.data.fetch import sample_path
-    from pathgen.metrics.classes import NUCLEUS_TYPES
+    from pathgen.nucleus_types import NUCLEUS_TYPES
     from pathgen.segment.infer import nuclei_from_maps, segment_tile_batch
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     from pathgen.stain import StainNormalizer
     from pathgen.stain.slide import fit_slide

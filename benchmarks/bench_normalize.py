@@ -65,10 +65,10 @@ def source_vector_spread(src: np.ndarray, tile: int, mask: np.ndarray, method: s
 def consistency(lines: list[str]) -> None:
     from pathgen.data.fetch import sample_path
     from pathgen.engine import EngineConfig
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
     from pathgen.stain.normalize import StainNormalizer
     from pathgen.stain.slide import normalize_slide
-    from pathgen.tissue import tissue_mask_from_rgb
+    from pathgen.engine.tissue import tissue_mask_from_rgb
 
     src_path, target = sample_path("cmu_small_region.svs"), sample_path("target_image.png")
     with open_slide(src_path) as s:

@@ -51,8 +51,8 @@ def prepare(work: Path = WORK) -> None:
     from pathgen.data.fetch import sample_path
     from pathgen.data.synth import render_tile, tile_seed
     from pathgen.saasn.data import _tissue_positions
-    from pathgen.slide import open_slide
-    from pathgen.tissue import tissue_mask
+    from pathgen.io.slide import open_slide
+    from pathgen.engine.tissue import tissue_mask
 
     for split, seed, count in (("train", 1, SYNTH_TRAIN), ("test", 2, SYNTH_TEST)):
         for site in SYNTH_SITES:

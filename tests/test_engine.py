@@ -5,7 +5,7 @@ import pytest
 
 from pathgen.engine import EngineConfig, TileGrid, process_array, ramp
 from pathgen.errors import PathgenError
-from pathgen.tissue import TissueMask
+from pathgen.engine.tissue import TissueMask
 
 from conftest import smooth_rgb
 

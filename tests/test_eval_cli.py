@@ -230,7 +230,7 @@ def test_qc_folders_pair_by_name(tmp_path, capsys):
 
 
 def test_nuclei_datasets_with_images(tmp_path):
-    from pathgen.metrics.formats import detect_format, read_nuclei_dataset
+    from pathgen.io.labels import detect_format, read_nuclei_dataset
 
     rng = np.random.default_rng(9)
     # HoVer-Net / CoNSeP layout: Images/*.png (RGBA here) + Labels/*.mat with inst_map, inst_uid and inst_type.

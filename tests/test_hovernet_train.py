@@ -222,7 +222,7 @@ def test_train_hovernet_command(tmp_path):
 
 
 def test_conic_and_pannuke_arrays_are_read_through_the_metrics_formats(tmp_path):
-    pytest.importorskip("pathgen.metrics.formats")
+    pytest.importorskip("pathgen.io.labels")
     tiles = [fake_tile(s, 32) for s in (1, 2)]
     conic = tmp_path / "conic"
     conic.mkdir()

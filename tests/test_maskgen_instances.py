@@ -173,7 +173,7 @@ def test_shipped_maskgen_samples_nucleus_shaped_masks():
     1400-step checkpoint gave ~40 fragments and ~75 %)."""
     from skimage.measure import regionprops
 
-    from pathgen.data.models import shipped_model
+    from pathgen.io.models import shipped_model
 
     torch.manual_seed(0)
     pipe = MaskGenPipeline.from_pretrained(shipped_model("maskgen"), scheduler="ddpm")

@@ -8,7 +8,7 @@ import pytest
 from pathgen.errors import PathgenError
 from pathgen.metrics import (centroids_and_types, detection_scores, mpq_pannuke, mpq_plus_conic, pair_centroids,
                              pannuke_binarize, to_pannuke_channels)
-from pathgen.metrics.classes import NUCLEUS_TYPES, class_id
+from pathgen.nucleus_types import NUCLEUS_TYPES, class_id
 
 S = 1 / (1 + 1e-6)  # SQ of one perfect match
 

@@ -80,7 +80,7 @@ def test_blank_slide_is_a_one_line_error(make_slide, tmp_path, capsys):
 
 
 def test_qc_slide_pair_and_report(real_svs, tmp_path, capsys):
-    from pathgen.qc import slide_pair_ssim
+    from pathgen.pipelines.qc import slide_pair_ssim
 
     same = slide_pair_ssim(real_svs, real_svs, tile=256, max_tiles=10)
     assert same.ssim == pytest.approx(1.0) and same.ssim_std == pytest.approx(0.0) and same.n_tiles == 10
@@ -145,9 +145,9 @@ def test_saasn_method_on_image_and_slide(make_slide, tmp_path, capsys):
 
 def test_qc_colour_distance_to_the_target_by_hand_and_in_the_report(real_svs, real_target, tmp_path, capsys):
     from pathgen.metrics import colour_distance
-    from pathgen.qc import slide_pair_ssim
-    from pathgen.saasn.data import read_rgb
-    from pathgen.slide import open_slide
+    from pathgen.pipelines.qc import slide_pair_ssim
+    from pathgen.io.image import read_image
+    from pathgen.io.slide import open_slide
     from PIL import Image
 
     out = tmp_path / "n.tiff"
@@ -158,7 +158,7 @@ def test_qc_colour_distance_to_the_target_by_hand_and_in_the_report(real_svs, re
     with open_slide(real_svs) as sa, open_slide(out) as sb:
         src = [sa.read_region((t["x"], t["y"]), 0, (64, 64)) for t in res.tiles]
         dst = [sb.read_region((t["x"], t["y"]), 0, (64, 64)) for t in res.tiles]
-    target = read_rgb(real_target)
+    target = read_image(real_target)
     assert res.colour_to_target == pytest.approx(colour_distance(dst, src, [target]))
     assert res.colour_before == pytest.approx(colour_distance(src, src, [target]))
     # a target made of the very tiles compared has the same colours: distance 0, before and after "no change"

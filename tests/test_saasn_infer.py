@@ -96,7 +96,7 @@ def _steps(image: np.ndarray, tile: int, axis: int) -> tuple[np.ndarray, np.ndar
 
 
 def test_slide_inference_is_seam_free_deterministic_and_matches_the_image_path(model_dir, make_slide, tmp_path):
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     folder, _ = model_dir
     image = smooth_image(150, 200)
@@ -122,7 +122,7 @@ def test_slide_inference_is_seam_free_deterministic_and_matches_the_image_path(m
 
 
 def test_glass_windows_are_skipped_and_get_the_generators_glass_colour(model_dir, make_slide, tmp_path):
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     folder, _ = model_dir
     image = tissue_like(256, 256, seed=2)

@@ -83,7 +83,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_slide_in_stain_map_mode_is_pointwise_deterministic_and_recorded(tiny_model, make_slide, tmp_path):
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     image = np.concatenate([np.concatenate(_tiles(2, 128, "B"), axis=1), np.concatenate(_tiles(2, 128, "D"), axis=1)])
     slide = make_slide(image, name="tissue.tiff", mpp=0.5)
@@ -227,7 +227,7 @@ def test_eval_classical_methods_fit_the_named_reference_not_the_test_tiles(tmp_p
 
 
 def test_eval_of_a_model_without_the_reverse_generator_says_to_skip_y_to_x(tmp_path, capsys):
-    from pathgen.data.models import shipped_model
+    from pathgen.io.models import shipped_model
 
     for site in ("B", "target"):
         (tmp_path / site).mkdir()

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from pathgen.cli import main
-from pathgen.data.models import shipped_model
+from pathgen.io.models import shipped_model
 from pathgen.data.synth import render_tile
 from pathgen.errors import PathgenError
 from pathgen.metrics import pq

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pathgen.errors import PathgenError
-from pathgen.slide import open_slide
+from pathgen.io.slide import open_slide
 
 from conftest import smooth_rgb
 
@@ -127,7 +127,7 @@ def test_direct_tile_decoding_equals_tifffiles_reader(tmp_path):
     """The pread + segment-decoder path returns what tifffile's zarr store returns, for unaligned regions that
     span several tiles, touch the edges and sit on coarser levels."""
     from pathgen.io.pyramid import iter_row_blocks, write_pyramid
-    from pathgen.slide import _TiffBackend
+    from pathgen.io.slide import _TiffBackend
 
     rng = np.random.default_rng(3)
     img = rng.integers(0, 255, (700, 900, 3), dtype=np.uint8)

@@ -15,7 +15,7 @@ from PIL import Image
 from pathgen.diffusion.checkpoint import checkpoint_sha256, save_model
 from pathgen.diffusion.schedulers import NoiseSchedule
 from pathgen.errors import PathgenError
-from pathgen.synthesize import synthesize_dataset, synthesize_masks
+from pathgen.pipelines.synthesize import synthesize_dataset, synthesize_masks
 
 
 class Killed(Exception):

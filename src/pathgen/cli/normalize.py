@@ -14,9 +14,9 @@ def _is_slide(path: str | Path) -> bool:
     """The one place the command decides "is this a whole slide?".
 
     Slide suffixes (.svs .ndpi .mrxs .scn .bif .vms .vmu .dcm) and pyramidal/multi-page .tif/.tiff files are slides
-    (rule in :func:`pathgen.stain.apply.is_slide`); everything else is an image file.
+    (rule in :func:`pathgen.io.image.is_slide`); everything else is an image file.
     """
-    from pathgen.stain.apply import is_slide
+    from pathgen.io.image import is_slide
 
     return is_slide(path)
 
@@ -70,7 +70,8 @@ def normalize(
     from pathgen.errors import PathgenError
     from pathgen.io.atomic import check_output
     from pathgen.progress import progress_bar
-    from pathgen.stain.apply import expand_inputs, image_format, normalize_image_file
+    from pathgen.io.image import expand_inputs, image_format
+    from pathgen.stain.apply import normalize_image_file
     from pathgen.stain.normalize import StainNormalizer
 
     saasn = method == "saasn"
@@ -152,11 +153,10 @@ def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwri
     from pathgen.config import save_run_config
     from pathgen.engine import resolve_device
     from pathgen.errors import PathgenError
-    from pathgen.io.atomic import atomic_path
     from pathgen.progress import progress_bar
     from pathgen.saasn.infer import (DEFAULT_OVERLAP, DEFAULT_TILE, _normalizer, default_model_path,
                                      normalize_image_saasn, normalize_slide_saasn)
-    from pathgen.stain.apply import image_format, read_image, write_image
+    from pathgen.io.image import image_format, read_image, write_image
 
     ckpt = checkpoint or default_model_path()
     dev = resolve_device(device)
@@ -170,14 +170,13 @@ def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwri
                 normalize_slide_saasn(src, dst, model, device=dev, tile_size=tile, overlap=halo,
                                       batch_size=batch_size, overwrite=overwrite, mode=mode, strength=strength)
             else:
-                rgb, alpha = read_image(src)
+                rgb, alpha = read_image(src, with_alpha=True)
                 try:
                     out = normalize_image_saasn(rgb, model, device=dev, tile_size=tile, overlap=halo,
                                                 batch_size=batch_size, mode=mode, strength=strength, seed=seed)
                 except PathgenError as err:  # name the image (e.g. too little tissue to fit a stain map on)
                     raise PathgenError(err.problem, err.path or src) from err
-                with atomic_path(dst, overwrite=overwrite, inputs=(src,)) as tmp:
-                    write_image(tmp, out, alpha, fmt=image_format(dst))
+                write_image(dst, out, alpha, fmt=image_format(dst), overwrite=overwrite, inputs=(src,))
             bar.advance(1)
     if not (len(jobs) == 1 and jobs[0][2]):  # a single slide's record is written by normalize_slide_saasn
         save_run_config(output, {"method": "saasn", "checkpoint": str(ckpt), "tile_size": tile, "overlap": halo,

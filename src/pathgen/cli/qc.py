@@ -38,12 +38,12 @@ def _emit(result: dict, as_json: bool, out: Optional[Path], overwrite: bool, inp
 def _run(a: Path, b: Path, metric: str, as_json: bool, out: Optional[Path], overwrite: bool, **options) -> None:
     from pathgen.io.atomic import check_output
     from pathgen.metrics.report import compare_images
-    from pathgen.stain.apply import is_slide
+    from pathgen.io.image import is_slide
 
     if out is not None:
         check_output(out, overwrite=overwrite, inputs=(a, b))
     if metric == "ssim" and not options.get("rgb") and a.is_file() and b.is_file() and is_slide(a) and is_slide(b):
-        from pathgen.qc import slide_pair_ssim
+        from pathgen.pipelines.qc import slide_pair_ssim
 
         # slide pairs: tile-wise SSIM over the tissue of A (mean ± std over tiles)
         res = slide_pair_ssim(a, b).as_dict()
@@ -103,7 +103,7 @@ def report(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
 ) -> None:
     """An HTML page: before/after thumbnails, stain vectors, per-tile SSIM histogram (images embedded)."""
-    from pathgen.qc import build_report
+    from pathgen.pipelines.qc import build_report
 
     s = build_report(source, normalised, output, tile=tile, max_tiles=max_tiles, overwrite=overwrite, target=target)
     colour = (f"; colour distance to the target {s['colour_to_target']:.2f} (before {s['colour_before']:.2f})"

@@ -32,7 +32,7 @@ def segment(
     device: str = DEVICE,
 ) -> None:
     """Segment and type nuclei; each nucleus is resolved once across tiles."""
-    from pathgen.data.models import shipped_model
+    from pathgen.io.models import shipped_model
     from pathgen.engine import resolve_device
     from pathgen.segment.slide import SegmentConfig, segment as run
 

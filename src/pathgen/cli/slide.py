@@ -22,7 +22,7 @@ def info(
     mpp: Optional[float] = MPP,
 ) -> None:
     """Show a slide's levels, pixel size, vendor and associated images."""
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     with open_slide(slide, mpp=mpp) as s:
         d = s.info().as_dict()
@@ -62,7 +62,7 @@ def convert(
 ) -> None:
     """Re-encode any slide into a pyramidal TIFF (or OME-Zarr if OUTPUT ends in .zarr)."""
     from pathgen.engine import identity, run_slide
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     with open_slide(slide, mpp=mpp) as s:
         cfg = engine_config(workers, scheduler, "cpu", batch_size, threads, tile_size=tile_size, overlap=0,
@@ -88,8 +88,8 @@ def tissue(
 
     from pathgen.errors import PathgenError
     from pathgen.io.atomic import atomic_path
-    from pathgen.slide import open_slide
-    from pathgen.tissue import TissueConfig, tissue_mask
+    from pathgen.io.slide import open_slide
+    from pathgen.engine.tissue import TissueConfig, tissue_mask
 
     with open_slide(slide, mpp=mpp) as s:
         tm = tissue_mask(s, TissueConfig(max_size=max_size, method=method, min_od=min_od))
@@ -124,7 +124,7 @@ def region(
     from PIL import Image
 
     from pathgen.io.atomic import atomic_path
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     with open_slide(slide, mpp=mpp) as s:
         if target_mpp:

@@ -136,7 +136,7 @@ def synth_images_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder holding another job."),
 ) -> None:
     """Render H&E tiles for existing nuclei masks with NASDM (resumable)."""
-    from pathgen.synthesize import synthesize_dataset
+    from pathgen.pipelines.synthesize import synthesize_dataset
 
     res = synthesize_dataset(output, n=None, nasdm_checkpoint=checkpoint, masks_dir=masks, guidance=guidance,
                              steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size, device=device,
@@ -160,7 +160,7 @@ def synth_masks_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder holding another job."),
 ) -> None:
     """Generate instance-aware nuclei masks with MaskGen (resumable)."""
-    from pathgen.synthesize import synthesize_masks
+    from pathgen.pipelines.synthesize import synthesize_masks
 
     res = synthesize_masks(output, n, checkpoint, types=types, guidance=guidance, steps=steps, scheduler=scheduler,
                            seed=seed, batch_size=batch_size, device=device, overwrite=overwrite)
@@ -187,7 +187,7 @@ def synthesize_dataset_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output folder holding another job."),
 ) -> None:
     """Synthesise an annotated dataset: masks (generated or given) → H&E tiles, with a manifest. Resumable."""
-    from pathgen.synthesize import synthesize_dataset
+    from pathgen.pipelines.synthesize import synthesize_dataset
 
     res = synthesize_dataset(output, n=n, nasdm_checkpoint=nasdm, maskgen_checkpoint=maskgen, masks_dir=masks,
                              types=types, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed,

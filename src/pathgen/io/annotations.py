@@ -33,7 +33,7 @@ from shapely.geometry import mapping, shape as to_shape
 
 from pathgen.errors import PathgenError, require_file
 from pathgen.io.atomic import atomic_path
-from pathgen.metrics.classes import NUCLEUS_TYPES, NucleusType
+from pathgen.nucleus_types import NUCLEUS_TYPES, NucleusType, centroids_and_types
 
 _UUID_NAMESPACE = uuid.UUID("1b4e28ba-2fa1-11d2-883f-0016d3cca427")
 
@@ -95,8 +95,6 @@ def _class_table(table: Sequence[NucleusType]) -> dict[int, NucleusType]:
 
 def instance_types_from_classes(instances: np.ndarray, classes: np.ndarray) -> dict[int, int]:
     """Most frequent non-zero class of every instance (ties → smaller class id; 0 when unclassified)."""
-    from pathgen.metrics.typed import centroids_and_types
-
     ids, _, types = centroids_and_types(instances, classes)
     return {int(i): int(t) for i, t in zip(ids, types)}
 

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pathgen.errors import PathgenError
-from pathgen.metrics.classes import NUCLEUS_TYPES, class_id
+from pathgen.nucleus_types import NUCLEUS_TYPES, class_id
 from pathgen.nasdm.conditioning import NUM_CLASSES, one_hot_classes
 
 MASK_CHANNELS = NUM_CLASSES + 1

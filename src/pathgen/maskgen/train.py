@@ -4,7 +4,7 @@ Crops follow the NASDM rules (tissue ≥ 50 %, flips/rotations); each crop is en
 :func:`pathgen.maskgen.encoding.encode_mask` and conditioned on its own presence vector. With probability
 ``cond_drop`` the vector is replaced by zeros, so guidance on the types is available at sampling time. The
 checkpoint records how often each presence vector occurred in training crops, the default distribution
-:mod:`pathgen.synthesize` draws from when no types are requested.
+:mod:`pathgen.pipelines.synthesize` draws from when no types are requested.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Every definition follows ANCHORS.md §2 and METHODS.md §6; the module docstring
 0/0 (for example PQ with no instance on either side) is NaN; nothing raises ZeroDivisionError.
 """
 
-from pathgen.metrics.classes import NUCLEUS_TYPES, PANNUKE_TYPES, NucleusType
+from pathgen.nucleus_types import NUCLEUS_TYPES, PANNUKE_TYPES, NucleusType
 from pathgen.metrics.colour import ColourDistanceConfig, colour_distance, sliced_wasserstein
 from pathgen.metrics.image import psnr, ssim_gray, ssim_map, ssim_rgb, to_gray
 from pathgen.metrics.instance import (Overlap, PQResult, aji, aji_plus, dice1, dice2, instance_scores,

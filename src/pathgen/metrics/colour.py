@@ -7,7 +7,7 @@ luminosity_threshold``; for processed images it is decided on their *source* ima
 shrink the compared set. 64 random unit directions (seeded), each 1-D distance from 512 quantiles. Lower is closer;
 0 for identical distributions.
 
-Used by `pathgen eval stain` (:mod:`pathgen.saasn.evaluate`) and the slide QC report (:mod:`pathgen.qc`).
+Used by `pathgen eval stain` (:mod:`pathgen.saasn.evaluate`) and the slide QC report (:mod:`pathgen.pipelines.qc`).
 """
 
 from __future__ import annotations

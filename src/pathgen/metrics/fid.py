@@ -501,9 +501,9 @@ class ModuleExtractor:
 
 
 def _image_tensor(path: Path) -> torch.Tensor:
-    from pathgen.metrics.formats import read_image
+    from pathgen.io.image import read_array
 
-    img = read_image(path)
+    img = read_array(path)
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3]
@@ -545,7 +545,7 @@ def compare_image_sets(dir_a: str | os.PathLike, dir_b: str | os.PathLike, extra
         ``fid``, ``kid``, ``kid_std``, ``kid_subset_size``, ``kid_subsets``, ``kid_seed``, ``n_images_a``,
         ``n_images_b``, ``dir_a``, ``dir_b``, ``extractor`` (name, weights, weights_sha256, resize, ...).
     """
-    from pathgen.metrics.formats import list_images
+    from pathgen.io.image import list_images
 
     paths_a, paths_b = list_images(dir_a), list_images(dir_b)
     for d, paths in ((dir_a, paths_a), (dir_b, paths_b)):

@@ -31,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pathgen.errors import PathgenError
+from pathgen.nucleus_types import as_label_map
 
 # The reference's smoothing constant in SQ, in the AJI ranking, and (CoNIC) in DQ.
 REFERENCE_EPS = 1.0e-6
@@ -100,21 +101,6 @@ class PQResult:
     matched_pred: np.ndarray | None = None
 
 
-def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.dtype == bool:
-        return arr.astype(np.uint8)
-    if arr.dtype.kind == "f":
-        if arr.size and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
-            raise PathgenError(f"{name} label map has non-integer values")
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind not in "iu":
-        raise PathgenError(f"{name} label map must be integer, got dtype {arr.dtype}")
-    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
-        raise PathgenError(f"{name} label map has negative labels")
-    return arr
-
-
 def _label_index(flat: np.ndarray):
     """Index the labels of a flat array: (ids, areas, to_dense) where ``to_dense(mask)`` gives the labels of the
     pixels selected by ``mask`` renumbered 1..n in ascending id order (0 stays 0)."""
@@ -149,8 +135,8 @@ def pairwise_overlap(true: np.ndarray, pred: np.ndarray) -> Overlap:
     -------
     Overlap
     """
-    t = _as_label_map(true, "true")
-    p = _as_label_map(pred, "pred")
+    t = as_label_map(true, "true")
+    p = as_label_map(pred, "pred")
     if t.shape != p.shape:
         raise PathgenError(f"true and pred maps differ in shape: {t.shape} vs {p.shape}")
     t_flat, p_flat = t.ravel(), p.ravel()
@@ -186,7 +172,7 @@ def remap_label(labels: np.ndarray) -> np.ndarray:
     -------
     ndarray of int32, same shape
     """
-    arr = _as_label_map(labels, "input")
+    arr = as_label_map(labels, "input")
     flat = arr.ravel()
     _, _, to_dense = _label_index(flat)
     return np.asarray(to_dense(np.ones(flat.size, bool))).reshape(arr.shape).astype(np.int32)

@@ -18,8 +18,9 @@ import numpy as np
 
 from pathgen.errors import PathgenError
 from pathgen.io.atomic import atomic_path
-from pathgen.metrics.classes import NUCLEUS_TYPES, PANNUKE_TYPES
-from pathgen.metrics.formats import LabelSample, image_pairs, load_label_pairs, read_image, read_tissue_types
+from pathgen.nucleus_types import NUCLEUS_TYPES, PANNUKE_TYPES
+from pathgen.io.image import read_array
+from pathgen.io.labels import LabelSample, image_pairs, load_label_pairs, read_tissue_types
 from pathgen.metrics.instance import instance_scores
 from pathgen.metrics.typed import (centroids_and_types, detection_scores, mpq_pannuke, mpq_plus_conic,
                                    to_pannuke_channels)
@@ -96,7 +97,7 @@ def evaluate_instances(true_path: str | os.PathLike, pred_path: str | os.PathLik
 
     Parameters
     ----------
-    true_path, pred_path : files or folders (see :mod:`pathgen.metrics.formats`)
+    true_path, pred_path : files or folders (see :mod:`pathgen.io.labels`)
     classes : bool
         Also score classes: detection / classification F1 (HoVer-Net type mode) in every mode, plus PanNuke
         ``mpq`` / ``bpq`` in mode "pannuke" or CoNIC ``mpq_plus`` in mode "conic".
@@ -179,7 +180,7 @@ def evaluate_instances(true_path: str | os.PathLike, pred_path: str | os.PathLik
 
 
 def _class_maps(path: Path) -> list[tuple[str, np.ndarray]]:
-    from pathgen.metrics.formats import read_label_array, read_label_samples
+    from pathgen.io.labels import read_label_array, read_label_samples
 
     if path.suffix.lower() in (".mat", ".geojson", ".json"):
         sample = read_label_samples(path)[0]
@@ -203,7 +204,7 @@ def evaluate_semantic(true_path: str | os.PathLike, pred_path: str | os.PathLike
 
     ``n_classes`` defaults to the largest class value found plus one (at least 2).
     """
-    from pathgen.metrics.formats import pair_files
+    from pathgen.io.labels import pair_files
     from pathgen.metrics.semantic import semantic_scores
 
     t, p = Path(true_path), Path(pred_path)
@@ -264,7 +265,7 @@ def compare_images(a: str | os.PathLike, b: str | os.PathLike, metric: Literal["
         raise PathgenError(f"unknown QC metric {metric!r}")
     per_pair = []
     for name, pa, pb in image_pairs(a, b):
-        ia, ib = read_image(pa), read_image(pb)
+        ia, ib = read_array(pa), read_array(pb)
         if metric == "dice":
             fa, fb = _foreground(ia), _foreground(ib)
             if fa.shape != fb.shape:

@@ -31,8 +31,9 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from pathgen.errors import PathgenError
-from pathgen.metrics.classes import NUCLEUS_TYPES, PANNUKE_TYPES
-from pathgen.metrics.instance import REFERENCE_EPS, _as_label_map, _pq_from_overlap, pairwise_overlap
+from pathgen.nucleus_types import NUCLEUS_TYPES, PANNUKE_TYPES
+from pathgen.metrics.instance import REFERENCE_EPS, _pq_from_overlap, pairwise_overlap
+from pathgen.nucleus_types import as_label_map, centroids_and_types, pannuke_binarize
 
 
 def _nanmean(values) -> float:
@@ -59,38 +60,6 @@ def _stack(maps, name: str, channels_last: int | None = None) -> list[np.ndarray
 # PanNuke
 
 
-def pannuke_binarize(channels: np.ndarray, n_classes: int = 5) -> np.ndarray:
-    """Merge PanNuke class channels into one instance map, numbered as PanNuke's ``binarize``.
-
-    Instances get consecutive ids in channel order, then ascending old id within a channel; where channels
-    overlap the later channel wins (an instance hidden completely leaves a gap in the ids).
-
-    Parameters
-    ----------
-    channels : ndarray of int, shape (H, W, C), C >= n_classes
-        Per-class instance maps (PanNuke ``masks.npy`` layout; extra channels such as background are ignored).
-
-    Returns
-    -------
-    ndarray of int32, shape (H, W)
-    """
-    arr = np.asarray(channels)
-    if arr.ndim != 3 or arr.shape[-1] < n_classes:
-        raise PathgenError(f"PanNuke masks must be (H, W, >= {n_classes}), got shape {arr.shape}")
-    out = np.zeros(arr.shape[:2], np.int32)
-    offset = 0
-    for c in range(n_classes):
-        ch = _as_label_map(arr[..., c], "PanNuke channel")
-        ids, inverse = np.unique(ch, return_inverse=True)
-        inverse = inverse.reshape(ch.shape)
-        has_zero = bool(ids.size) and ids[0] == 0
-        nonzero = ch > 0
-        rank = inverse + (0 if has_zero else 1)  # 1..k for the non-zero labels
-        out[nonzero] = offset + rank[nonzero]
-        offset += ids.size - (1 if has_zero else 0)
-    return out
-
-
 def to_pannuke_channels(instances: np.ndarray, classes: np.ndarray, n_classes: int = 5) -> np.ndarray:
     """Split an instance map and a per-pixel class map (1..n_classes) into PanNuke channels.
 
@@ -98,8 +67,8 @@ def to_pannuke_channels(instances: np.ndarray, classes: np.ndarray, n_classes: i
     -------
     ndarray of int32, shape (H, W, n_classes + 1); the last channel is the background mask.
     """
-    inst = _as_label_map(instances, "instance")
-    cls = _as_label_map(classes, "class")
+    inst = as_label_map(instances, "instance")
+    cls = as_label_map(classes, "class")
     if inst.shape != cls.shape:
         raise PathgenError(f"instance and class maps differ in shape: {inst.shape} vs {cls.shape}")
     out = np.zeros(inst.shape + (n_classes + 1,), np.int32)
@@ -279,47 +248,6 @@ def mpq_plus_conic(true, pred, n_classes: int = 6, iou_threshold: float = 0.5,
 
 # ---------------------------------------------------------------------------------------------------------------
 # Detection and classification
-
-
-def centroids_and_types(instances: np.ndarray, classes: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centroid and type of every instance.
-
-    Parameters
-    ----------
-    instances : ndarray of int, shape (H, W)
-    classes : ndarray of int, shape (H, W), optional
-        Per-pixel class map; an instance's type is its most frequent non-zero class (ties: smaller class id;
-        0 when it has no classified pixel). Without it every type is 0.
-
-    Returns
-    -------
-    ids : ndarray of int64, shape (K,)
-    centroids : ndarray of float64, shape (K, 2)
-        Mean (row, col) of each instance's pixels, in pixels.
-    types : ndarray of int64, shape (K,)
-    """
-    inst = _as_label_map(instances, "instance")
-    ids, inverse = np.unique(inst, return_inverse=True)
-    inverse = inverse.ravel()
-    offset = 1 if ids.size and ids[0] == 0 else 0
-    k = ids.size - offset
-    rows, cols = np.indices(inst.shape).reshape(2, -1)
-    area = np.bincount(inverse, minlength=ids.size)[offset:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cr = np.bincount(inverse, weights=rows, minlength=ids.size)[offset:] / area
-        cc = np.bincount(inverse, weights=cols, minlength=ids.size)[offset:] / area
-    types = np.zeros(k, np.int64)
-    if classes is not None and k:
-        cls = _as_label_map(classes, "class")
-        if cls.shape != inst.shape:
-            raise PathgenError(f"instance and class maps differ in shape: {inst.shape} vs {cls.shape}")
-        flat_cls = cls.ravel().astype(np.int64)
-        fg = (inverse >= offset) & (flat_cls > 0)
-        n_cls = int(flat_cls.max()) + 1
-        table = np.bincount((inverse[fg] - offset) * n_cls + flat_cls[fg], minlength=k * n_cls).reshape(k, n_cls)
-        types = np.where(table.max(axis=1) > 0, table.argmax(axis=1), 0)
-    return ids[offset:].astype(np.int64), np.stack([cr, cc], axis=1) if k else np.zeros((0, 2)), types
 
 
 def pair_centroids(true_xy: np.ndarray, pred_xy: np.ndarray, radius: float = 12.0

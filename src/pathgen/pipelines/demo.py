@@ -13,8 +13,6 @@ Configuration: ``pipelines/demo.toml``.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +41,11 @@ def run(cfg: Config) -> dict:
     from pathgen.config import save_run_config, write_json_atomic
     from pathgen.engine import EngineConfig
     from pathgen.io.atomic import atomic_path
-    from pathgen.qc import build_report
-    from pathgen.slide import open_slide
+    from pathgen.pipelines.qc import build_report
+    from pathgen.io.slide import open_slide
     from pathgen.stain.normalize import StainNormalizer
     from pathgen.stain.slide import SlideFitConfig, normalize_slide
-    from pathgen.tissue import tissue_mask
+    from pathgen.engine.tissue import tissue_mask
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +62,7 @@ def run(cfg: Config) -> dict:
         t0 = time.perf_counter()
         result = out / f"{slide_path.stem}_{method}.tiff"
         if method == "saasn":
-            from pathgen.data.models import shipped_model
+            from pathgen.io.models import shipped_model
             from pathgen.saasn.infer import normalize_slide_saasn
 
             rep = normalize_slide_saasn(slide_path, result, cfg.saasn_checkpoint or shipped_model("saasn"),
@@ -91,14 +89,3 @@ def run(cfg: Config) -> dict:
     save_run_config(out, cfg, seed=cfg.seed)
     print(f"summary: {out / 'summary.json'}")
     return summary
-
-
-def main() -> None:
-    """``python -m pathgen.pipelines.demo [CONFIG]`` (default ``pipelines/demo.toml``)."""
-    from pathgen.cli import main as cli_main
-
-    sys.exit(cli_main(["run", sys.argv[1] if len(sys.argv) > 1 else "pipelines/demo.toml"]))
-
-
-if __name__ == "__main__":
-    main()

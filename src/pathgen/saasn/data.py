@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pathgen.errors import PathgenError
+from pathgen.io.image import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 BALANCES = ("pooled", "sites")
@@ -43,28 +44,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``(N, 3, H, W)`` in [-1, 1] → ``(N, H, W, 3)`` uint8 (rounded, clipped)."""
     t = ((images.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
     return t.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as ``(H, W, 3)`` uint8 RGB (alpha dropped, grayscale expanded)."""
-    p = Path(path)
-    try:
-        if p.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(p, key=0)
-        else:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                arr = np.asarray(im.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input file
-        raise PathgenError(f"cannot read image ({type(exc).__name__}: {exc})", p) from exc
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] < 3 or arr.dtype != np.uint8:
-        raise PathgenError(f"expected an 8-bit RGB image, got {arr.dtype} {arr.shape}", p)
-    return np.ascontiguousarray(arr[..., :3])
 
 
 def augment_dihedral(tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -111,7 +90,7 @@ class TileFolder:
         """Tile ``index`` as ``(H, W, 3)`` uint8."""
         if index in self._cache:
             return self._cache[index]
-        arr = read_rgb(self.files[index])
+        arr = read_image(self.files[index])
         if min(arr.shape[:2]) < self.size:
             raise PathgenError(f"tile {arr.shape[1]}x{arr.shape[0]} is smaller than the crop size {self.size}",
                                self.files[index])
@@ -135,7 +114,7 @@ class SlideSite:
     Parameters
     ----------
     path : path
-        Anything :func:`pathgen.slide.open_slide` opens.
+        Anything :func:`pathgen.io.slide.open_slide` opens.
     size : int
         Crop side in output pixels.
     mpp : float, optional
@@ -145,8 +124,8 @@ class SlideSite:
     """
 
     def __init__(self, path: str | os.PathLike, size: int, mpp: float | None = None, tissue_fraction: float = 0.5):
-        from pathgen.slide import open_slide
-        from pathgen.tissue import tissue_mask
+        from pathgen.io.slide import open_slide
+        from pathgen.engine.tissue import tissue_mask
 
         self.name = str(path)
         self.slide = open_slide(path)

@@ -47,7 +47,8 @@ REVERSE = "Y → X"
 
 def load_tiles(path: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]:
     """Names and ``(H, W, 3)`` uint8 arrays of the tiles in a folder (or its ``images/``), or of one image file."""
-    from pathgen.saasn.data import IMAGE_SUFFIXES, read_rgb
+    from pathgen.io.image import read_image
+    from pathgen.saasn.data import IMAGE_SUFFIXES
 
     p = Path(path)
     if p.is_dir():
@@ -59,7 +60,7 @@ def load_tiles(path: str | os.PathLike) -> tuple[list[str], list[np.ndarray]]:
         files = [p]
     else:
         raise PathgenError("no such file or folder", p)
-    return [f.name for f in files], [read_rgb(f) for f in files]
+    return [f.name for f in files], [read_image(f) for f in files]
 
 
 def _stack(images: list[np.ndarray]):

@@ -242,7 +242,7 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
     Parameters
     ----------
     slide_path : path
-        Anything :func:`pathgen.slide.open_slide` opens.
+        Anything :func:`pathgen.io.slide.open_slide` opens.
     output : path
         ``.tif``/``.tiff`` (pyramidal, JPEG tiles by default) or ``.zarr``; written atomically, never over the
         input; an existing output is refused unless ``overwrite``.
@@ -275,9 +275,9 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
     from pathgen.config import save_run_config
     from pathgen.engine import run_slide
     from pathgen.io.atomic import check_output
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
     from pathgen.stain.slide import SlideFitConfig, sample_slide_tiles
-    from pathgen.tissue import tissue_mask
+    from pathgen.engine.tissue import tissue_mask
 
     norm = _normalizer(checkpoint, device, skip_glass=skip_background)
     mode, strength = norm.resolve_mode(mode, strength)

@@ -4,7 +4,7 @@ Layouts read:
 
 * **tile folders** (the sample generator's layout): ``images/NAME.png`` (RGB), ``instances/NAME.tif`` (integer
   labels, 0 = background) and optionally ``classes/NAME.png`` (type per pixel, 0 = background), paired by name;
-* the formats of :mod:`pathgen.metrics.formats` when that module is installed (HoVer-Net ``.mat`` folders,
+* the formats of :mod:`pathgen.io.labels` when that module is installed (HoVer-Net ``.mat`` folders,
   PanNuke, CoNIC), see :func:`open_nuclei_dataset`.
 
 Augmentations move image, instances and classes together (flips, 90-degree rotations, crops) and jitter only
@@ -125,27 +125,13 @@ class TileFolderDataset(Sequence[NucleiSample]):
         return sample
 
     def _read(self, i: int) -> NucleiSample:
-        from PIL import Image
+        from pathgen.io.image import read_image, read_labels
 
         name = self.names[i]
         img_path = self.root / "images" / f"{name}.png"
-        try:
-            with Image.open(img_path) as im:
-                image = np.asarray(im.convert("RGB"))
-            inst_path = self._inst[name]
-            if inst_path.suffix.lower() == ".png":
-                with Image.open(inst_path) as im:
-                    instances = np.asarray(im)
-            else:
-                import tifffile
-
-                instances = tifffile.imread(inst_path)
-            classes = None
-            if self.has_classes:
-                with Image.open(self._cls[name]) as im:
-                    classes = np.asarray(im)
-        except (OSError, ValueError) as exc:
-            raise PathgenError(f"unreadable tile ({exc})", img_path) from exc
+        image = read_image(img_path)
+        instances = read_labels(self._inst[name])
+        classes = read_labels(self._cls[name]) if self.has_classes else None
         return _check_sample(NucleiSample(name, image, instances, classes), img_path)
 
 
@@ -205,32 +191,17 @@ class Subset(Sequence[NucleiSample]):
         return self.base[self.indices[i]]
 
 
-def _format_readers():
-    try:
-        from pathgen.metrics import formats
-    except ImportError:
-        return None
-    return formats
+def _read_dataset(path: Path, fmt: str) -> ListDataset:
+    """HoVer-Net .mat / PanNuke / CoNIC through :mod:`pathgen.io.labels` (held in memory)."""
+    from pathgen.io.labels import read_nuclei_dataset
+    from pathgen.nucleus_types import NUCLEUS_TYPES, PANNUKE_TYPES
 
-
-def _read_with_metrics_formats(path: Path, fmt: str) -> ListDataset:
-    """HoVer-Net .mat / PanNuke / CoNIC through :mod:`pathgen.metrics.formats` (held in memory)."""
-    formats = _format_readers()
-    if formats is None or not hasattr(formats, "read_nuclei_dataset"):
-        raise PathgenError(f"format {fmt!r} needs pathgen.metrics.formats, which is not available", path)
     samples = [NucleiSample(str(item.name), item.image, item.instances, item.classes)
-               for item in formats.read_nuclei_dataset(path, fmt)]
+               for item in read_nuclei_dataset(path, fmt)]
     if not samples:
         raise PathgenError("dataset holds no samples", path)
-    names: tuple[str, ...] = ()
-    try:
-        from pathgen.metrics.classes import NUCLEUS_TYPES, PANNUKE_TYPES
-
-        table = {"pannuke": PANNUKE_TYPES, "conic": NUCLEUS_TYPES}.get(fmt)
-        names = tuple(t.name for t in table) if table else ()
-    except ImportError:
-        pass
-    return ListDataset(samples, class_names=names)
+    table = {"pannuke": PANNUKE_TYPES, "conic": NUCLEUS_TYPES}.get(fmt)
+    return ListDataset(samples, class_names=tuple(t.name for t in table) if table else ())
 
 
 def open_nuclei_dataset(path: str | os.PathLike, format: str = "auto") -> Sequence[NucleiSample]:
@@ -255,14 +226,14 @@ def open_nuclei_dataset(path: str | os.PathLike, format: str = "auto") -> Sequen
     if format == "tiles" or (format == "auto" and (p / "images").is_dir() and (p / "instances").is_dir()):
         return TileFolderDataset(p)
     if format == "auto":
-        formats = _format_readers()
-        if formats is not None and hasattr(formats, "detect_format"):
-            detected = formats.detect_format(p)
-            if detected:
-                return _read_with_metrics_formats(p, detected)
+        from pathgen.io.labels import detect_format
+
+        detected = detect_format(p)
+        if detected:
+            return _read_dataset(p, detected)
         raise PathgenError("cannot tell the dataset format (expected images/ and instances/ folders; "
                            "give --format for HoVer-Net .mat, PanNuke or CoNIC data)", p)
-    return _read_with_metrics_formats(p, format)
+    return _read_dataset(p, format)
 
 
 @dataclass(frozen=True)

@@ -254,10 +254,10 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
     from pathgen.config import save_run_config
     from pathgen.io.atomic import atomic_path
     from pathgen.io.pyramid import write_pyramid
-    from pathgen.metrics.classes import NUCLEUS_TYPES
+    from pathgen.nucleus_types import NUCLEUS_TYPES
     from pathgen.segment.checkpoint import read_checkpoint_config
-    from pathgen.slide import open_slide
-    from pathgen.tissue import tissue_mask
+    from pathgen.io.slide import open_slide
+    from pathgen.engine.tissue import tissue_mask
 
     out = Path(output_dir)
     names = ("instances.tif", "classes.tif", "nuclei.geojson", "nuclei.csv")

@@ -288,13 +288,13 @@ class StainNormalizer:
         return self
 
     def _fit_target_path(self, path: Path) -> StainFit:
-        from pathgen.stain.apply import is_slide, list_images, read_image
+        from pathgen.io.image import is_slide, list_images, read_image
 
         if path.is_dir():
             files = list_images(path)
             if not files:
                 raise PathgenError("folder holds no PNG/JPEG/TIFF images", path)
-            return self.fit_images(read_image(f)[0] for f in files)
+            return self.fit_images(read_image(f) for f in files)
         require_file(path)
         if path.suffix.lower() == ".json":
             return StainFit.load(path)
@@ -302,7 +302,7 @@ class StainNormalizer:
             from pathgen.stain.slide import fit_slide  # slide-level sampling lives with the slide engine
 
             return fit_slide(path, self)
-        return self.fit_images(read_image(path)[0])
+        return self.fit_images(read_image(path))
 
     def fit_source(self, images) -> "StainNormalizer":
         """Fit the source once from images or tiles (pooled), e.g. tiles sampled across a slide."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from pathgen.engine import EngineConfig, RunReport, run_slide
 from pathgen.errors import PathgenError
-from pathgen.tissue import TissueConfig, TissueMask, tissue_mask
+from pathgen.engine.tissue import TissueConfig, TissueMask, tissue_mask
 
 
 @dataclass
@@ -81,7 +81,7 @@ def fit_slide(slide_or_path, normalizer, level: int = 0, config: SlideFitConfig 
     PathgenError
         The slide has no tissue.
     """
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     slide = open_slide(slide_or_path) if isinstance(slide_or_path, (str, os.PathLike)) else slide_or_path
     mask = mask if mask is not None else tissue_mask(slide, config.tissue)
@@ -128,7 +128,7 @@ def normalize_slide(input_path: str | os.PathLike, output: str | os.PathLike, no
     """
     from pathgen.config import save_run_config
     from pathgen.io.atomic import check_output
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     if normalizer.target is None:
         raise PathgenError("the normaliser has no target; call fit_target() first")

@@ -62,9 +62,9 @@ def slide_pair_ssim(a, b, tile: int = 256, level: int = 0, min_tissue: float = 0
     """
     from pathgen.metrics import ColourDistanceConfig, ssim_gray
     from pathgen.metrics.colour import lab_cloud_distance, subsample_points, tissue_lab
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
     from pathgen.stain.slide import candidate_tiles
-    from pathgen.tissue import tissue_mask
+    from pathgen.engine.tissue import tissue_mask
 
     sa = open_slide(a) if isinstance(a, (str, os.PathLike)) else a
     sb = open_slide(b) if isinstance(b, (str, os.PathLike)) else b
@@ -101,10 +101,10 @@ def slide_pair_ssim(a, b, tile: int = 256, level: int = 0, min_tissue: float = 0
     vals = np.array([t["ssim"] for t in out])
     res = SlideSSIM(float(vals.mean()), float(vals.std()), len(out), tile, level, out)
     if target is not None:
-        from pathgen.stain.apply import read_image
+        from pathgen.io.image import read_image
 
         named = isinstance(target, (str, os.PathLike))
-        image = read_image(target)[0] if named else np.asarray(target)
+        image = read_image(target) if named else np.asarray(target)
         ref = tissue_lab(image, None, colour.luminosity_threshold)
         if not len(ref):
             raise PathgenError("target image has no tissue pixels to compare colours with", target if named else None)
@@ -181,7 +181,7 @@ def build_report(source, normalised, output, tile: int = 256, max_tiles: int | N
     """
     from pathgen import __version__
     from pathgen.io.atomic import atomic_path, check_output
-    from pathgen.slide import open_slide
+    from pathgen.io.slide import open_slide
 
     inputs = (source, normalised) + ((target,) if target is not None else ())
     check_output(output, overwrite=overwrite, inputs=inputs)

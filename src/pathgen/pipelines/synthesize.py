@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pathgen.errors import PathgenError
+from pathgen.io.image import read_labels
 
 JOB_KIND = "pathgen-synthesize"
 MASK_EXTS = (".tif", ".tiff", ".png")
@@ -67,30 +68,10 @@ def read_mask_folder(folder: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     return [(n, inst[n], cls[n]) for n in names]
 
 
-def _read_label_image(path: Path) -> np.ndarray:
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                arr = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise PathgenError(f"unreadable label image ({exc})", path) from exc
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        raise PathgenError(f"label image must be 2-D, got shape {arr.shape}", path)
-    return arr
-
-
 def read_mask_pair(inst_path: Path, cls_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(instances int32, classes uint8) of one mask pair, checked for matching shapes and class range."""
-    inst = _read_label_image(inst_path).astype(np.int32)
-    cls = _read_label_image(cls_path)
+    inst = read_labels(inst_path).astype(np.int32)
+    cls = read_labels(cls_path)
     if cls.shape != inst.shape:
         raise PathgenError(f"class map {cls.shape} does not match instance map {inst.shape}", cls_path)
     if cls.size and (cls.min() < 0 or cls.max() > 6):

@@ -33,10 +33,12 @@ from typing import Iterator, Literal
 import numpy as np
 
 from pathgen.errors import PathgenError, require_file
+from pathgen.io.image import READ_SUFFIXES, read_array, read_image, read_labels
+from pathgen.nucleus_types import pannuke_binarize
 
 LABEL_EXTENSIONS = (".npy", ".png", ".tif", ".tiff", ".mat", ".geojson", ".json")
 FOLDER_LABEL_EXTENSIONS = (".npy", ".png", ".tif", ".tiff", ".mat", ".geojson")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_EXTENSIONS = READ_SUFFIXES
 Layout = Literal["auto", "instance", "conic", "pannuke"]
 
 
@@ -68,60 +70,19 @@ def _ext(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an array: (H, W) or (H, W, C), dtype as stored (uint8 / uint16 / float).
-
-    PNG / JPEG / BMP / WebP through Pillow, TIFF through tifffile, ``.npy`` without pickle.
-    """
-    p = Path(require_file(path))
-    ext = _ext(p)
-    try:
-        if ext in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(p)
-        elif ext == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        else:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                if im.mode in ("P", "PA"):
-                    im = im.convert("RGBA" if im.mode == "PA" else "RGB")
-                elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                    im = im.convert("RGB")
-                arr = np.array(im)
-    except PathgenError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - unreadable input is a user error
-        raise PathgenError(f"cannot read image ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", p)
-    return np.asarray(arr)
-
-
 def read_label_array(path: str | os.PathLike) -> np.ndarray:
     """Read a label array from ``.npy``, ``.png`` or ``.tif`` without interpreting its layout.
 
     PNG palette images give their palette indices; an RGB(A) PNG is accepted only if its colour channels are
-    equal (a grey label image saved as RGB).
+    equal (a grey label image saved as RGB). ``.npy`` and TIFF come back as stored (stacks and channel layouts
+    are read by :func:`read_label_samples`).
     """
     p = Path(require_file(path))
     ext = _ext(p)
     if ext == ".png":
-        from PIL import Image
-
-        try:
-            with Image.open(p) as im:
-                arr = np.array(im)  # palette images stay indices here
-        except Exception as exc:  # noqa: BLE001
-            raise PathgenError(f"cannot read PNG ({exc})", p)
-        if arr.ndim == 3:
-            rgb = arr[..., :3]
-            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                raise PathgenError("colour PNG is not a label image (expected one channel of integer labels)", p)
-            arr = rgb[..., 0]
-        return arr
+        return read_labels(p)
     if ext in (".npy", ".tif", ".tiff"):
-        return read_image(p)
+        return read_array(p)
     raise PathgenError(f"unsupported label file type {ext!r}", p)
 
 
@@ -142,8 +103,6 @@ def _int_map(arr: np.ndarray, path: str, what: str) -> np.ndarray:
 
 
 def _pannuke_sample(channels: np.ndarray, name: str, source: str) -> LabelSample:
-    from pathgen.metrics.typed import pannuke_binarize
-
     chans = _int_map(channels, source, "PanNuke mask")
     n = 5
     classes = np.zeros(chans.shape[:2], np.int32)
@@ -386,15 +345,6 @@ def read_tissue_types(path: str | os.PathLike, names: list[str]) -> list[str]:
     if missing:
         raise PathgenError(f"no tissue type for image {missing[0]!r} ({len(missing)} missing)", p)
     return [mapping[n] for n in names]
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files of a folder (not recursive, hidden files skipped), ordered by name."""
-    d = Path(folder)
-    if not d.is_dir():
-        raise PathgenError("not a folder", d)
-    return [e for e in sorted(d.iterdir())
-            if e.is_file() and not e.name.startswith(".") and _ext(e) in IMAGE_EXTENSIONS]
 
 
 def image_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, Path, Path]]:

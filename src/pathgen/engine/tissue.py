@@ -112,7 +112,7 @@ def _skimage_new() -> bool:
 
 
 def tissue_mask(slide, config: TissueConfig = TissueConfig()) -> TissueMask:
-    """Tissue mask of a :class:`pathgen.slide.Slide` from an overview of at most ``config.max_size`` pixels."""
+    """Tissue mask of a :class:`pathgen.io.slide.Slide` from an overview of at most ``config.max_size`` pixels."""
     thumb = slide.thumbnail(config.max_size)
     w, h = slide.dimensions
     ds = (w / thumb.shape[1], h / thumb.shape[0])
