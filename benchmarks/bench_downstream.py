@@ -17,7 +17,6 @@ crops.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

@@ -81,7 +81,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from bench_nasdm import heldout_crops
 
-    from pathgen.diffusion.checkpoint import read_config
+    from pathgen.io.checkpoint import read_config
     from pathgen.maskgen.pipeline import MaskGenPipeline
 
     held = [(inst, cls) for _, inst, cls in heldout_crops(args.n, args.size)]

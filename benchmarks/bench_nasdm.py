@@ -157,7 +157,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pathgen.diffusion.checkpoint import read_config
+    from pathgen.io.checkpoint import read_config
     from pathgen.nasdm.pipeline import NASDMPipeline
 
     crops = heldout_crops(args.n, args.size)

@@ -116,7 +116,7 @@ def target_site(work: Path = WORK):
     """A generator site stained like the real target image: Macenko H and E vectors and I0 fitted on the target's
     training tiles; concentration scales so that generated tissue's 99th-percentile H and E concentrations match
     the target's."""
-    from pathgen.data.stains import SiteStain, get_site
+    from pathgen.data.stains import SiteStain
     from pathgen.data.synth import render_tile, tile_seed
     from pathgen.saasn.evaluate import load_tiles
     from pathgen.stain import StainNormalizer

@@ -158,7 +158,8 @@ def test_eval_semantic(tmp_path):
 def test_eval_fid_records_extractor(tmp_path):
     from safetensors.torch import save_file
 
-    from pathgen.metrics.fid import InceptionV3Pool3, file_sha256
+    from pathgen.io.checkpoint import sha256_file
+    from pathgen.metrics.fid import InceptionV3Pool3
 
     torch.manual_seed(0)
     weights = tmp_path / "fid_inception.safetensors"
@@ -176,7 +177,7 @@ def test_eval_fid_records_extractor(tmp_path):
     assert result["fid"] is not None and result["fid"] >= -1e-6
     assert (result["n_images_a"], result["n_images_b"], result["kid_subset_size"], result["kid_subsets"]) == \
         (2, 2, 2, 3)
-    assert result["extractor"]["weights_sha256"] == file_sha256(weights)
+    assert result["extractor"]["weights_sha256"] == sha256_file(weights)
     assert "299x299" in result["extractor"]["resize"]
 
 

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from pathgen.errors import PathgenError
+from pathgen.io.checkpoint import sha256_file
 from pathgen.metrics.fid import (InceptionExtractor, InceptionV3Pool3, ModuleExtractor, compare_image_sets,
-                                 extract_features, fid_from_features, file_sha256, frechet_distance,
-                                 kid_from_features, load_inception, mmd2_polynomial_unbiased)
+                                 extract_features, fid_from_features, frechet_distance, kid_from_features,
+                                 load_inception, mmd2_polynomial_unbiased)
 
 torch.set_num_threads(1)
 
@@ -132,7 +133,7 @@ def test_load_inception_from_pth_and_safetensors(inception_weights):
         assert ref.shape == (1, 2048)
         for path in (pth, st):
             loaded, digest = load_inception(path)
-            assert digest == file_sha256(path)
+            assert digest == sha256_file(path)
             torch.testing.assert_close(loaded(x), ref)
         assert loaded(x, logits=True).shape == (1, 1008)
 
@@ -167,7 +168,7 @@ def test_inception_extractor_records_preprocessing(inception_weights, tmp_path):
     feats = extract_features(sorted((tmp_path / "a").iterdir()), ext, batch_size=2)
     assert feats.shape == (2, 2048) and feats.dtype == np.float64
     info = ext.describe()
-    assert info["weights_sha256"] == file_sha256(st) and "299x299" in info["resize"]
+    assert info["weights_sha256"] == sha256_file(st) and "299x299" in info["resize"]
 
 
 class _TinyEncoder(torch.nn.Module):

@@ -10,10 +10,9 @@ import torch
 
 from conftest import save_tiny_saasn, tissue_like
 from pathgen.errors import PathgenError
-from pathgen.saasn.checkpoint import load_generator, load_tensors, save_generators
+from pathgen.saasn.checkpoint import load_generator, load_tensors
 from pathgen.saasn.data import to_tensor, to_uint8
 from pathgen.saasn.infer import SaasnNormalizer, normalize_image_saasn, normalize_slide_saasn
-from pathgen.saasn.networks import SAASN, SelfAttention, preset
 
 torch.set_num_threads(1)
 
@@ -67,7 +66,7 @@ def test_checkpoint_errors(model_dir, tmp_path):
     with pytest.raises(PathgenError, match="safetensors"):
         load_generator(bad)
     (bad / "config.json").write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(PathgenError, match="not a SAASN"):
+    with pytest.raises(PathgenError, match="expected 'pathgen-saasn-generator'"):
         load_generator(bad)
 
 

@@ -12,7 +12,7 @@ import torch
 import typer
 from PIL import Image
 
-from pathgen.diffusion.checkpoint import checkpoint_sha256, save_model
+from pathgen.io.checkpoint import checkpoint_sha256, save_model
 from pathgen.diffusion.schedulers import NoiseSchedule
 from pathgen.errors import PathgenError
 from pathgen.pipelines.synthesize import synthesize_dataset, synthesize_masks
@@ -34,12 +34,12 @@ def checkpoints(tmp_path_factory):
     nasdm = NASDMUNet(preset_config("tiny"))
     torch.nn.init.normal_(nasdm.out[-1].weight, std=0.05)
     save_model(root / "nasdm", nasdm.state_dict(), "pathgen-nasdm", nasdm.config.to_dict(),
-               NoiseSchedule().to_dict())
+               header={"schedule": NoiseSchedule().to_dict()})
     maskgen = MaskGenUNet(mg_preset("tiny"))
     torch.nn.init.normal_(maskgen.out[-1].weight, std=0.05)
     save_model(root / "maskgen", maskgen.state_dict(), "pathgen-maskgen", maskgen.config.to_dict(),
-               NoiseSchedule().to_dict(),
-               {"presence_distribution": [{"vector": [1, 0, 1, 1, 0, 0, 0], "count": 3},
+               header={"schedule": NoiseSchedule().to_dict()},
+               extra={"presence_distribution": [{"vector": [1, 0, 1, 1, 0, 0, 0], "count": 3},
                                           {"vector": [1, 0, 0, 0, 0, 0, 1], "count": 1}]})
     return root / "nasdm", root / "maskgen"
 

@@ -32,7 +32,7 @@ def _fmt(value) -> str:
 
 def _with_record(result: dict) -> dict:
     # Library versions, so a number can be traced to what produced it.
-    from pathgen.config import versions
+    from pathgen.io.records import versions
 
     return {**result, "versions": versions()}
 

@@ -66,7 +66,7 @@ def normalize(
     batch_size: int = typer.Option(4, "--batch-size", help="Slide tiles per call of the transform."),
 ) -> None:
     """Stain-normalise images or slides to a target; each image/slide gets one source fit."""
-    from pathgen.config import save_run_config
+    from pathgen.io.records import save_run_config
     from pathgen.errors import PathgenError
     from pathgen.io.atomic import check_output
     from pathgen.progress import progress_bar
@@ -150,7 +150,7 @@ def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwri
                seed=0) -> None:
     """The deep many-to-one normaliser: the SAASN X→Y generator over blended tiles (or its stain map), slides or
     images."""
-    from pathgen.config import save_run_config
+    from pathgen.io.records import save_run_config
     from pathgen.engine import resolve_device
     from pathgen.errors import PathgenError
     from pathgen.progress import progress_bar

@@ -138,7 +138,7 @@ def eval_stain_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
 ) -> None:
     """Compare stain normalisers: grayscale SSIM to the source (mean ± std) and colour distance to the target."""
-    from pathgen.config import to_jsonable, versions
+    from pathgen.io.records import to_jsonable, versions
     from pathgen.errors import PathgenError
     from pathgen.io.atomic import atomic_path, check_output
     from pathgen.saasn.evaluate import evaluate_stain, format_table

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pathgen.errors import PathgenError
 from pathgen.io.atomic import atomic_path
+from pathgen.io.checkpoint import sha256_file
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,6 @@ def default_cache_dir() -> Path:
     """``$PATHGEN_CACHE`` if set, else ``~/.cache/pathgen/sample_data``."""
     env = os.environ.get("PATHGEN_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "pathgen" / "sample_data"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sample(name: str) -> SampleFile:

@@ -169,7 +169,7 @@ def write_tile_dataset(out_dir: str | os.PathLike, n: int, seed: int = 0, size: 
     import tifffile
     from PIL import Image
 
-    from pathgen.config import to_jsonable, versions, write_json_atomic
+    from pathgen.io.records import to_jsonable, versions, write_json_atomic
     from pathgen.io.atomic import atomic_dir
     from pathgen.progress import progress_bar
 

@@ -31,10 +31,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pathgen.diffusion.checkpoint import load_tensors, save_model, save_tensors
+from pathgen.io.checkpoint import load_optimizer, load_tensors, optimizer_tensors, save_model, save_tensors
 from pathgen.diffusion.sampling import seed_for
 from pathgen.errors import PathgenError
-from pathgen.optim_state import load_optimizer, optimizer_tensors
+from pathgen.io.atomic import write_csv
 
 LOG_COLUMNS = ("step", "phase", "lr", "loss", "mse", "vlb", "grad_norm", "seconds")
 
@@ -183,12 +183,7 @@ def _read_log(path: Path, upto_step: int) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, rows, LOG_COLUMNS)
 
 
 def _fmt(v) -> str:
@@ -228,7 +223,7 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
     progress : callable, optional
         ``progress(step, total, loss)`` after each step.
     """
-    from pathgen.config import to_jsonable, versions, write_json_atomic
+    from pathgen.io.records import to_jsonable, versions, write_json_atomic
     from pathgen.engine import resolve_device
 
     run = Path(run)
@@ -275,10 +270,11 @@ def train_loop(model: torch.nn.Module, make_batch: Callable[[int, np.random.Gene
         write_json_atomic(state_file, {"step": step, "total_steps": config.total_steps, "ema_updates": ema.updates,
                                        "optimizer_groups": groups, "model": to_jsonable(desc["model"]),
                                        "loop": config.to_dict(), "log_accumulator": acc})
-        save_model(run, ema.model.state_dict(), desc["fmt"], desc["model"], desc["schedule"],
+        save_model(run, ema.model.state_dict(), desc["fmt"], desc["model"],
                    {**desc.get("extra", {}), "training": {"step": step, "total_steps": config.total_steps,
                                                           "ema_decay": config.ema_decay,
-                                                          "phase": config.phase_at(max(0, step - 1)).name}})
+                                                          "phase": config.phase_at(max(0, step - 1)).name}},
+                   header={"schedule": desc["schedule"]})
         _write_log(log_path, rows)
 
     t0 = time.monotonic()

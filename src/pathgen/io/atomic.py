@@ -86,3 +86,22 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    """Replace ``target`` with ``text`` atomically (temporary file beside it, then rename; usual permissions)."""
+    with atomic_path(target, overwrite=True) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
+def write_csv(target: str | os.PathLike, rows: list[dict], columns: list[str] | tuple[str, ...]) -> Path:
+    """Replace ``target`` with a CSV of ``rows`` (``columns`` in order; missing values empty), atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return write_text(target, buf.getvalue())

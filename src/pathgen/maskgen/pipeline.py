@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pathgen.diffusion.checkpoint import load_state_into, read_config
+from pathgen.io.checkpoint import load_state_into, read_config
 from pathgen.diffusion.guidance import guided_denoiser
 from pathgen.diffusion.sampling import generators_for, sample_loop, seed_for, windowed_model
 from pathgen.diffusion.schedulers import NoiseSchedule, make_scheduler, scheduler_name

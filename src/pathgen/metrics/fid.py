@@ -23,7 +23,6 @@ Any other torch module (for example a pathgen model's encoder) can serve through
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pathgen.errors import PathgenError, require_file
+from pathgen.io.checkpoint import read_state_dict, sha256_file
 
 # ---------------------------------------------------------------------------------------------------------------
 # Distances from features
@@ -335,34 +335,6 @@ class InceptionV3Pool3(nn.Module):
         return self.fc(pool3) if logits else pool3
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read tensors from a ``.safetensors`` file or a ``.pth`` / ``.pt`` state dict (``weights_only=True``)."""
-    p = require_file(path)
-    try:
-        if p.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(p)
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable weights file is a user error
-        raise PathgenError(f"cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", p)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PathgenError("weights file does not hold a flat dict of tensors", p)
-    return state
-
-
 def load_inception(path: str | os.PathLike) -> tuple[InceptionV3Pool3, str]:
     """Build :class:`InceptionV3Pool3` with the weights in ``path``; return it (eval mode) and the file's SHA-256.
 
@@ -372,7 +344,7 @@ def load_inception(path: str | os.PathLike) -> tuple[InceptionV3Pool3, str]:
     mis-shaped tensor is an error.
     """
     p = require_file(path)
-    digest = file_sha256(p)
+    digest = sha256_file(p)
     named = re.search(r"-([0-9a-f]{8,64})\.(pth|pt|safetensors)$", os.path.basename(p))
     if named and not digest.startswith(named.group(1)):
         raise PathgenError(f"SHA-256 {digest[:16]}... does not match the hash in the file name "

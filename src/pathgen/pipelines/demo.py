@@ -38,7 +38,7 @@ class Config:
 def run(cfg: Config) -> dict:
     from PIL import Image
 
-    from pathgen.config import save_run_config, write_json_atomic
+    from pathgen.io.records import save_run_config, write_json_atomic
     from pathgen.engine import EngineConfig
     from pathgen.io.atomic import atomic_path
     from pathgen.pipelines.qc import build_report

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from pathgen.errors import PathgenError
+from pathgen.io.atomic import write_text
 from pathgen.io.image import read_labels
 
 JOB_KIND = "pathgen-synthesize"
@@ -120,9 +121,7 @@ def _manifest_line(rec: dict) -> str:
 
 
 def _rewrite_manifest(path: Path, records: dict[int, dict]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text("".join(_manifest_line(records[i]) for i in sorted(records)))
-    os.replace(tmp, path)
+    write_text(path, "".join(_manifest_line(records[i]) for i in sorted(records)))
 
 
 def _prepare_folder(out: Path, job: dict, sources: dict, overwrite: bool) -> None:
@@ -130,7 +129,7 @@ def _prepare_folder(out: Path, job: dict, sources: dict, overwrite: bool) -> Non
     the same job identity (paths may differ: a moved checkpoint with the same sha256 is the same job)."""
     import shutil
 
-    from pathgen.config import write_json_atomic
+    from pathgen.io.records import write_json_atomic
 
     if out.exists() and not out.is_dir():
         raise PathgenError("output path exists and is not a folder", out)
@@ -206,8 +205,8 @@ def synthesize_dataset(out_dir: str | os.PathLike, n: int | None = None,
     -------
     SynthesisResult
     """
-    from pathgen.config import versions, write_json_atomic
-    from pathgen.diffusion.checkpoint import checkpoint_sha256, read_config, sha256_file
+    from pathgen.io.records import versions, write_json_atomic
+    from pathgen.io.checkpoint import checkpoint_sha256, read_config, sha256_file
     from pathgen.diffusion.sampling import seed_for
     from pathgen.diffusion.schedulers import SCHEDULERS
     from pathgen.engine import resolve_device

@@ -22,45 +22,16 @@ from pathlib import Path
 import torch
 
 from pathgen.errors import PathgenError
+from pathgen.io.checkpoint import (CONFIG_NAME, FORMAT_VERSION, load_optimizer, load_tensors, optimizer_tensors,
+                                   read_config, save_model, save_tensors)
 from pathgen.saasn.networks import SAASNConfig, UNetGenerator, baked_copy
 
 FORMAT = "pathgen-saasn-generator"
-FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 WEIGHTS = {"x2y": "generator.safetensors", "y2x": "generator_y2x.safetensors"}
 STATE_DIR = "state"
 STATE_TENSORS = "training.safetensors"
 STATE_JSON = "training.json"
 STATE_FORMAT = "pathgen-saasn-training-state"
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
-                 ) -> Path:
-    """Write tensors to ``path`` atomically (temporary file + rename), contiguous on CPU."""
-    from safetensors.torch import save_file
-
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.part")
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
-
-
-def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a PathgenError if it is missing or not a safetensors file."""
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise PathgenError("no such file", p)
-    try:
-        return load_file(str(p), device=str(device))
-    except Exception as exc:  # noqa: BLE001 - safetensors' own error type is not public in every version
-        raise PathgenError(f"not a readable safetensors file ({exc})", p) from exc
 
 
 def _inference_config(config: SAASNConfig) -> SAASNConfig:
@@ -87,44 +58,31 @@ def save_generators(folder: str | os.PathLike, g_x2y: UNetGenerator, g_y2x: UNet
     -------
     Path of the folder.
     """
-    from pathgen.config import versions, write_json_atomic
+    from pathgen.io.records import versions, write_json_atomic
 
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    model_cfg = _inference_config(g_x2y.config)
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_cfg.to_dict()}
+    model_cfg = _inference_config(g_x2y.config).to_dict()
     saved = []
     for direction, gen in (("x2y", g_x2y), ("y2x", g_y2x)):
         if gen is None:
             continue
-        baked = baked_copy(gen).cpu()
-        save_tensors(baked.state_dict(), out / WEIGHTS[direction],
-                     metadata={"pathgen": json.dumps({**header, "direction": direction})})
+        save_model(out, baked_copy(gen).cpu().state_dict(), FORMAT, model_cfg, weights_name=WEIGHTS[direction],
+                   header={"direction": direction}, write_config=False)
         saved.append(direction)
     if g_y2x is None and (out / WEIGHTS["y2x"]).exists():
         (out / WEIGHTS["y2x"]).unlink()  # a stale reverse generator would not match this one
-    write_json_atomic(out / CONFIG_NAME, {**header, "generators": {d: WEIGHTS[d] for d in saved},
-                                          "normalizes": "x2y", **(extra or {}), "versions": versions()})
+    write_json_atomic(out / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model_cfg,
+                                          "generators": {d: WEIGHTS[d] for d in saved}, "normalizes": "x2y",
+                                          **(extra or {}), "versions": versions()})
     return out
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict:
     """``config.json`` of a generator checkpoint folder (or of the folder holding a ``generator.safetensors``)."""
     folder = _folder_of(path)
-    cfg_path = folder / CONFIG_NAME
-    if not cfg_path.is_file():
+    if not (folder / CONFIG_NAME).is_file():
         raise PathgenError(f"no {CONFIG_NAME} beside the generator weights", folder)
-    try:
-        data = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PathgenError(f"not valid JSON ({exc})", cfg_path) from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise PathgenError(f"not a SAASN generator checkpoint (format {data.get('format')!r})"
-                           if isinstance(data, dict) else "not a SAASN generator checkpoint", cfg_path)
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise PathgenError(f"checkpoint format version {data['format_version']} is newer than this pathgen "
-                           f"supports ({FORMAT_VERSION})", cfg_path)
-    return data
+    return read_config(folder, fmt=FORMAT, weights_name=WEIGHTS["x2y"])
 
 
 def _folder_of(path: str | os.PathLike) -> Path:
@@ -175,31 +133,6 @@ def load_generator(path: str | os.PathLike, direction: str = "x2y", device: str 
 # Full training state (resume)
 
 
-def _flatten_optimizer(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, float] = {}
-    for idx, entry in sd["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{prefix}.{idx}.{key}"] = value
-            else:
-                scalars[f"{idx}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith(prefix + "."):
-            idx, key = name[len(prefix) + 1:].split(".", 1)
-            state.setdefault(int(idx), {})[key] = value
-    for name, value in meta.get("scalars", {}).items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def save_training_state(folder: str | os.PathLike, model, opt_g, opt_d, buffers: dict, rngs: dict,
                         meta: dict) -> Path:
     """Write ``folder/state/training.{safetensors,json}`` (see the module docstring).
@@ -213,13 +146,13 @@ def save_training_state(folder: str | os.PathLike, model, opt_g, opt_d, buffers:
     meta : dict
         JSON-able run information (epoch completed, configurations); stored as is.
     """
-    from pathgen.config import write_json_atomic
+    from pathgen.io.records import write_json_atomic
 
     out = Path(folder) / STATE_DIR
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    t_g, j_g = _flatten_optimizer("opt_g", opt_g)
-    t_d, j_d = _flatten_optimizer("opt_d", opt_d)
+    t_g, j_g = optimizer_tensors(opt_g, prefix="opt_g.")
+    t_d, j_d = optimizer_tensors(opt_d, prefix="opt_d.")
     tensors.update(t_g)
     tensors.update(t_d)
     buffer_json = {}
@@ -262,8 +195,8 @@ def load_training_state(folder: str | os.PathLike, model, opt_g, opt_d, buffers:
         raise PathgenError(f"saved networks do not match the run's architecture (missing {len(missing)}, "
                            f"unexpected {len(unexpected)} tensors)", folder)
     model.to(device)
-    opt_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, meta["optimizers"]["g"]))
-    opt_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["optimizers"]["d"]))
+    load_optimizer(opt_g, tensors, meta["optimizers"]["g"], prefix="opt_g.")
+    load_optimizer(opt_d, tensors, meta["optimizers"]["d"], prefix="opt_d.")
     for name, buf in buffers.items():
         prefix = f"buffer.{name}."
         bt = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

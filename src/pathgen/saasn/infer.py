@@ -272,7 +272,7 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
     -------
     pathgen.engine.RunReport
     """
-    from pathgen.config import save_run_config
+    from pathgen.io.records import save_run_config
     from pathgen.engine import run_slide
     from pathgen.io.atomic import check_output
     from pathgen.io.slide import open_slide

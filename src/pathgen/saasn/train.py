@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pathgen.errors import PathgenError
+from pathgen.io.atomic import atomic_path, write_csv
 from pathgen.saasn.buffer import ReplayBuffer
 from pathgen.saasn.checkpoint import (load_training_state, read_training_meta, save_generators,
                                       save_training_state)
@@ -194,9 +195,8 @@ def sample_grid(model: SAASN, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 def _write_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.part")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=True) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def _prepare_csv(path: Path, keep_before_epoch: int) -> None:
@@ -205,12 +205,7 @@ def _prepare_csv(path: Path, keep_before_epoch: int) -> None:
     if path.exists() and keep_before_epoch > 0:
         with path.open(newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) <= keep_before_epoch]
-    tmp = path.with_name(f".{path.name}.part")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=LOSS_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, rows, LOSS_COLUMNS)
 
 
 def train_saasn(output: str | os.PathLike, data: DataConfig | None = None, model: SAASNConfig | None = None,
@@ -243,7 +238,7 @@ def train_saasn(output: str | os.PathLike, data: DataConfig | None = None, model
     -------
     TrainResult
     """
-    from pathgen.config import to_jsonable, versions, write_json_atomic
+    from pathgen.io.records import to_jsonable, versions, write_json_atomic
     from pathgen.engine import resolve_device
     from pathgen.progress import progress_bar
 

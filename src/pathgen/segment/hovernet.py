@@ -18,13 +18,13 @@ import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pathgen.errors import PathgenError
+from pathgen.io.checkpoint import read_state_dict
 
 #: Spatial reduction of the deepest encoder stage; network inputs must be a multiple of this.
 DOWNSAMPLE = 8
@@ -298,36 +298,6 @@ def build_model(cfg: HoVerNetConfig, pretrained: str | os.PathLike | None = None
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read tensors from a ``.safetensors`` file or a torch file (loaded with ``weights_only=True``).
-
-    A torch file holding a dict with a ``"desc"``, ``"state_dict"`` or ``"model"`` entry (the reference's and
-    common training scripts' layouts) is unwrapped; ``module.`` prefixes (DataParallel) are dropped.
-    """
-    from pathgen.errors import require_file
-
-    p = Path(require_file(path))
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(p))
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-            raise PathgenError(f"not a readable safetensors file ({exc})", p) from exc
-    else:
-        try:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise PathgenError(f"not a readable torch weights file ({type(exc).__name__})", p) from exc
-        for key in ("desc", "state_dict", "model"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PathgenError("file does not hold a flat dict of tensors", p)
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def load_encoder_weights(model: HoVerNet, path: str | os.PathLike) -> list[str]:

@@ -24,7 +24,6 @@ make the result depend on the tiling.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import threading
@@ -201,15 +200,6 @@ def _renumber_rows(rows, lut: dict[int, int], types: dict[int, int]):
         yield mapped[inv].reshape(flat.shape).astype(np.int32)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(path.glob("*")) if path.is_dir() else [path]
-    for f in files:
-        if f.is_file():
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def _min_haematoxylin(checkpoint, config: SegmentConfig) -> float:
     """The stain check's threshold of a run: the override, else the checkpoint's, else the default."""
     from pathgen.segment.checkpoint import read_checkpoint_config
@@ -251,8 +241,9 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
     """
     import tifffile
 
-    from pathgen.config import save_run_config
+    from pathgen.io.records import save_run_config
     from pathgen.io.atomic import atomic_path
+    from pathgen.io.checkpoint import checkpoint_sha256
     from pathgen.io.pyramid import write_pyramid
     from pathgen.nucleus_types import NUCLEUS_TYPES
     from pathgen.segment.checkpoint import read_checkpoint_config
@@ -354,7 +345,7 @@ def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkp
             counts[table[t].name if t in table and t else "unclassified"] += 1
         summary = {"input": str(Path(input_path).resolve()), "nuclei": len(lut), "per_type": counts,
                    "mpp": None if out_mpp is None else list(out_mpp), "shape": [int(source.height), int(source.width)],
-                   "checkpoint": str(checkpoint), "checkpoint_sha256": _sha256(Path(checkpoint)),
+                   "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
                    "windows": report.windows, "processed": report.processed, "skipped": report.skipped,
                    "stain_check": stain_check, "outputs": list(names)}
         save_run_config(out, config, extra=summary, json_path=out / "segment.json")

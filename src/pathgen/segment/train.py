@@ -37,10 +37,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pathgen.optim_state import load_optimizer, optimizer_tensors
 from pathgen.errors import PathgenError
-from pathgen.segment.checkpoint import (WEIGHTS_NAME, load_model, read_checkpoint_config, save_checkpoint,
-                                        save_safetensors)
+from pathgen.io.atomic import atomic_path, write_text
+from pathgen.io.checkpoint import WEIGHTS_NAME, load_optimizer, load_tensors, optimizer_tensors, save_tensors
+from pathgen.segment.checkpoint import load_model, read_checkpoint_config, save_checkpoint
 from pathgen.segment.data import (AugmentConfig, NucleiSample, Subset, count_types, open_nuclei_dataset,
                                   random_patch)
 from pathgen.segment.hovernet import DOWNSAMPLE, HoVerNet, build_model, preset_config
@@ -339,16 +339,14 @@ def _save_training_state(run: Path, model: HoVerNet, optimizer, state: dict) -> 
     last = run / "last"
     save_checkpoint(model, last)
     tensors, groups = optimizer_tensors(optimizer)
-    save_safetensors(tensors if tensors else {"_empty": torch.zeros(0)}, last / "optimizer.safetensors")
-    from pathgen.config import write_json_atomic
+    save_tensors(tensors if tensors else {"_empty": torch.zeros(0)}, last / "optimizer.safetensors")
+    from pathgen.io.records import write_json_atomic
 
     write_json_atomic(last / "train_state.json", {**state, "optimizer_param_groups": groups})
 
 
 def _load_optimizer_state(run: Path, optimizer, groups: list[dict]) -> None:
-    from safetensors.torch import load_file
-
-    load_optimizer(optimizer, load_file(str(run / "last" / "optimizer.safetensors")), groups)
+    load_optimizer(optimizer, load_tensors(run / "last" / "optimizer.safetensors"), groups)
 
 
 def write_loss_log(history: list[dict], path: Path) -> None:
@@ -359,9 +357,7 @@ def write_loss_log(history: list[dict], path: Path) -> None:
     for row in history:
         w.writerow({k: ("" if row.get(k) is None or (isinstance(row.get(k), float) and math.isnan(row[k]))
                         else row[k]) for k in LOG_COLUMNS})
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())
 
 
 def plot_loss_log(history: list[dict], path: Path, width: int = 800, height: int = 480) -> None:
@@ -413,9 +409,8 @@ def plot_loss_log(history: list[dict], path: Path, width: int = 800, height: int
             y = top + 8 + 16 * k
             d.line([right - 170, y + 6, right - 150, y + 6], fill=colour, width=3)
             d.text((right - 145, y), name, fill="black")
-    tmp = path.with_name(f".{path.name}.part")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=True) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def _polyline(d, pts, colour) -> None:
@@ -546,7 +541,7 @@ def train_hovernet(data, run: str | os.PathLike, config: TrainConfig = TrainConf
             mcfg = preset_config(config.preset, nr_types=nr_types, mpp=mpp,
                                  type_names=_type_names(train_set, nr_types))
             model = build_model(mcfg, config.pretrained).to(device)
-        from pathgen.config import versions, write_json_atomic
+        from pathgen.io.records import versions, write_json_atomic
 
         write_json_atomic(run / "train.json", {
             "train_config": config.to_dict(), "model": mcfg.to_dict(),

@@ -228,7 +228,7 @@ class StainFit:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write this fit as JSON (atomically; an existing file is refused unless ``overwrite``)."""
-        from pathgen.config import versions
+        from pathgen.io.records import versions
         from pathgen.io.atomic import atomic_path
 
         data = self.to_dict()

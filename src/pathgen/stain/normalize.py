@@ -478,7 +478,7 @@ class StainNormalizer:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write settings, target and source fits as JSON (atomically)."""
-        from pathgen.config import versions
+        from pathgen.io.records import versions
         from pathgen.io.atomic import atomic_path
 
         data = self.to_dict()

@@ -126,7 +126,7 @@ def normalize_slide(input_path: str | os.PathLike, output: str | os.PathLike, no
     background (``skip_background``). A JSON beside the output records the source and target fits, the settings,
     versions and seed.
     """
-    from pathgen.config import save_run_config
+    from pathgen.io.records import save_run_config
     from pathgen.io.atomic import check_output
     from pathgen.io.slide import open_slide
 

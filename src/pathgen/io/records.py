@@ -1,4 +1,4 @@
-"""Typed configuration saved next to every output, with the versions and seed used."""
+"""Run records: the typed configuration saved next to every output, with the versions, seed and command used."""
 
 from __future__ import annotations
 
@@ -42,10 +42,9 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON through a temporary file and rename."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.part")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, p)
+    from pathgen.io.atomic import write_text
+
+    write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
 def save_run_config(output: str | os.PathLike, config: Any, seed: int | None = None,
