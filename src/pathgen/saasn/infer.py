@@ -318,5 +318,7 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
 
 
 def default_model_path() -> Path:
-    """The SAASN model shipped with the repository (``sample_data/models/saasn_small``)."""
-    return Path(__file__).resolve().parents[3] / "sample_data" / "models" / "saasn_small"
+    """The shipped SAASN model (``saasn_small`` under ``$PATHGEN_MODELS`` or the repository's models)."""
+    from pathgen.io.models import shipped_model
+
+    return shipped_model("saasn")
