@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import save_tiny_saasn, tissue_like
+from pathgen.engine import EngineConfig
 from pathgen.errors import PathgenError
 from pathgen.saasn.checkpoint import load_generator, load_tensors
 from pathgen.saasn.data import to_tensor, to_uint8
@@ -103,7 +104,8 @@ def test_slide_inference_is_seam_free_deterministic_and_matches_the_image_path(m
     outs = []
     for k in range(2):
         out = tmp_path / f"out{k}.tif"
-        report = normalize_slide_saasn(slide, out, folder, device="cpu", tile_size=48, overlap=8, batch_size=3,
+        report = normalize_slide_saasn(slide, out, folder, EngineConfig(tile_size=48, overlap=8, batch_size=3,
+                                                                        device="cpu"),
                                        skip_background=False, compression="zlib")
         assert report.windows == report.extra["generator_windows"] == 4 * 5
         with open_slide(out) as s:
@@ -128,7 +130,7 @@ def test_glass_windows_are_skipped_and_get_the_generators_glass_colour(model_dir
     image[:, 128:] = 242  # the right half is glass
     slide = make_slide(image, name="tissue.tiff", mpp=2.0)
     out = tmp_path / "out.tif"
-    report = normalize_slide_saasn(slide, out, folder, device="cpu", tile_size=64, overlap=8,
+    report = normalize_slide_saasn(slide, out, folder, EngineConfig(tile_size=64, overlap=8, device="cpu"),
                                    compression="zlib")
     assert report.windows == 16
     # tissue is left only in the blob of radius 51 around (77, 77): windows (64-px cores, 8-px halo) of rows and
@@ -141,4 +143,4 @@ def test_glass_windows_are_skipped_and_get_the_generators_glass_colour(model_dir
     assert (result[:, 200:] == glass).all()  # only glass windows reach beyond x = 200: one flat colour
     assert not (result[:, :120] == glass).all()
     with pytest.raises(PathgenError):
-        normalize_slide_saasn(slide, out, folder, device="cpu")  # exists, no overwrite
+        normalize_slide_saasn(slide, out, folder, EngineConfig(device="cpu"))  # exists, no overwrite

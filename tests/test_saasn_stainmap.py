@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import save_tiny_saasn
 from pathgen.cli import main
+from pathgen.engine import EngineConfig
 from pathgen.data.synth import render_tile
 from pathgen.errors import PathgenError
 from pathgen.metrics.image import ssim_gray
@@ -90,7 +91,7 @@ def test_slide_in_stain_map_mode_is_pointwise_deterministic_and_recorded(tiny_mo
     outs = []
     for k in range(2):
         out = tmp_path / f"out{k}.tif"
-        report = normalize_slide_saasn(slide, out, tiny_model, device="cpu", tile_size=64, overlap=16,
+        report = normalize_slide_saasn(slide, out, tiny_model, EngineConfig(tile_size=64, device="cpu"),
                                        compression="zlib", mode="stain-map", strength=0.8)
         assert report.extra["generator_windows"] == 0  # the generator only saw the fit tiles
         with open_slide(out) as s:
@@ -99,7 +100,8 @@ def test_slide_in_stain_map_mode_is_pointwise_deterministic_and_recorded(tiny_mo
     assert not np.array_equal(outs[0], image)
     assert _lookup_is_pointwise(image, outs[0])  # one stain for the whole slide, nothing redrawn
     record = json.loads((tmp_path / "out0.tif.json").read_text())["config"]
-    assert record["mode"] == "stain-map" and record["overlap"] == 0 and record["fit_level"] == 0
+    assert record["mode"] == "stain-map" and record["engine"]["overlap"] == 0 and record["fit_level"] == 0
+    assert record["engine"]["tile_size"] == 64
     assert record["stain_map"]["strength"] == 0.8 and record["stain_map"]["fit_tiles"] >= 1
     again = StainMap(np.array(record["stain_map"]["matrix"]), 0.8)(image)
     assert np.abs(again.astype(int) - outs[0]).max() <= 1
@@ -111,8 +113,8 @@ def test_slide_read_at_an_mpp_fits_its_map_on_the_nearest_level(tiny_model, make
     image = np.concatenate([np.concatenate(_tiles(4, 128, site), axis=1) for site in "BDCB"])  # 512 × 512
     slide = make_slide(image, name="big.tiff", mpp=0.25, tile=128)
     out = tmp_path / "half.tif"
-    normalize_slide_saasn(slide, out, tiny_model, device="cpu", tile_size=64, mpp=0.5, mode="stain-map",
-                          strength=0.5, fit_config=SlideFitConfig(tile=64, n_tiles=8))
+    normalize_slide_saasn(slide, out, tiny_model, EngineConfig(tile_size=64, device="cpu"), mpp=0.5,
+                          mode="stain-map", strength=0.5, fit_config=SlideFitConfig(tile=64, n_tiles=8))
     record = json.loads((tmp_path / "half.tif.json").read_text())["config"]
     assert record["fit_level"] == 1 and record["mpp"] == 0.5  # level 1 is 0.5 µm/px, as the model reads it
 

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from pathgen.cli import main
+from pathgen.engine import EngineConfig
 from pathgen.io.models import shipped_model
 from pathgen.data.synth import render_tile
 from pathgen.errors import PathgenError
@@ -39,7 +40,7 @@ def generated_slide(tmp_path_factory):
 
 
 def _run(path, out, tile):
-    cfg = SegmentConfig(tile_size=tile, overlap=64, batch_size=2, skip_background=False)
+    cfg = SegmentConfig(engine=EngineConfig(tile_size=tile, overlap=64, batch_size=2, skip_background=False))
     return segment(path, out, shipped_model("hovernet"), cfg, overwrite=True)
 
 
@@ -99,16 +100,17 @@ def test_stain_check_keeps_generated_nuclei_and_can_be_switched_off(generated_sl
     """Generated tissue has no eosin fragments: the check keeps (almost) every nucleus; 0 switches it off."""
     path, img, truth = generated_slide
     on = segment(path, tmp_path / "on", shipped_model("hovernet"),
-                 SegmentConfig(tile_size=512, batch_size=2, skip_background=False))
+                 SegmentConfig(engine=EngineConfig(tile_size=512, batch_size=2, skip_background=False)))
     off = segment(path, tmp_path / "off", shipped_model("hovernet"),
-                  SegmentConfig(tile_size=512, batch_size=2, skip_background=False, min_haematoxylin=0.0))
+                  SegmentConfig(engine=EngineConfig(tile_size=512, batch_size=2, skip_background=False),
+                                min_haematoxylin=0.0))
     assert on["stain_check"]["status"] == "on" and off["stain_check"]["status"] == "off"
     assert on["nuclei"] <= off["nuclei"] <= on["nuclei"] * 1.05
     a = tifffile.imread(tmp_path / "on" / "instances.tif", key=0)
     b = tifffile.imread(tmp_path / "off" / "instances.tif", key=0)
     assert pq(b, a).pq > 0.95
     assert pq(truth, a).pq >= pq(truth, b).pq - 0.01
-    with pytest.raises(PathgenError, match="min-haematoxylin"):
+    with pytest.raises(PathgenError, match="threshold must lie in"):
         SegmentConfig(min_haematoxylin=1.5)  # refused before any work
 
 

@@ -18,11 +18,15 @@ class PathgenError(Exception):
         What is wrong, as a short phrase ("not a supported slide format").
     path : str or os.PathLike, optional
         The file the problem is about; printed first.
+    param : str, optional
+        The library parameter at fault (``"tile_size"``, ``"device"``): the command line names its own option
+        for it, so library messages never name command-line flags.
     """
 
-    def __init__(self, problem: str, path: str | os.PathLike | None = None):
+    def __init__(self, problem: str, path: str | os.PathLike | None = None, param: str | None = None):
         self.problem = problem
         self.path = None if path is None else os.fspath(path)
+        self.param = param
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 

@@ -58,11 +58,33 @@ def _wire_train_commands() -> None:
 _wire_train_commands()
 
 
-def _one_line(exc: BaseException) -> str:
+#: Library parameters whose command-line option has another name.
+PARAM_ALIASES = {"slide_mpp": "mpp", "skip_background": "no_skip"}
+
+
+def _flag_for(param: str, args: list[str]) -> str:
+    """The command-line option of library parameter ``param`` in the command ``args`` invoke (``--tile-size`` for
+    ``tile_size``); the library never names flags itself."""
+    cmd = typer.main.get_command(app)
+    for token in args:
+        commands = getattr(cmd, "commands", None)
+        if commands is not None and token in commands:
+            cmd = commands[token]
+        elif token.startswith("-"):
+            break
+    options = {p.name: p for p in getattr(cmd, "params", ()) if any(o.startswith("-") for o in p.opts)}
+    option = options.get(param) or options.get(PARAM_ALIASES.get(param, ""))
+    if option is not None:
+        return max(option.opts, key=len)
+    return "--" + param.replace("_", "-")
+
+
+def _one_line(exc: BaseException, args: list[str] | None = None) -> str:
     from pathgen.errors import PathgenError
 
     if isinstance(exc, PathgenError):
-        return str(exc)
+        param = getattr(exc, "param", None)
+        return f"{exc} ({_flag_for(param, args or [])})" if param else str(exc)
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -99,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if STATE["debug"]:
             raise
-        print(f"pathgen: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"pathgen: error: {_one_line(exc, args)}", file=sys.stderr)
         return 1
     return 0
 

@@ -42,8 +42,8 @@ def normalize(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     per_tile: bool = typer.Option(False, "--per-tile", help="Fit the source on every tile separately "
                                                             "(for comparison; causes seams)."),
-    tile_size: int = typer.Option(512, "--tile-size", help="Tile edge in pixels for --per-tile on image files "
-                                                           "(slides use the tile engine's tiles)."),
+    tile_size: int = typer.Option(512, "--tile-size", help="Tile edge in pixels: the slide engine's tiles, and the "
+                                                           "tiles of --per-tile fits on image files."),
     percentile: float = typer.Option(99.0, "--percentile", help="Concentration percentile used for scaling."),
     i0: Optional[str] = typer.Option(None, "--i0", help="Background intensity, one value or R,G,B "
                                                         "(default: estimated per image/slide)."),
@@ -60,6 +60,8 @@ def normalize(
                                                                   "transform is pointwise; 32 with --per-tile)."),
     resume: bool = typer.Option(False, "--resume", help="Batch runs: skip inputs whose output already exists "
                                                         "(outputs are only ever complete files)."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start interrupted slide jobs over instead of going "
+                                                              "on from their last finished tiles."),
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
     threads: Optional[int] = THREADS,
@@ -121,8 +123,7 @@ def normalize(
             typer.echo(f"resuming: {len(skipped)} output(s) already done, {len(jobs)} to go")
 
     if saasn:
-        _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output, saasn_mode, strength,
-                   seed)
+        _run_saasn(jobs, checkpoint, engine, overwrite, output, saasn_mode, strength, seed, resume=not no_resume)
         return
     normalizer.fit_target(target)
     sources: dict[str, object] = {}
@@ -131,7 +132,8 @@ def normalize(
             if slide:
                 from pathgen.stain.slide import normalize_slide  # slide engine: fits the source once per slide
 
-                normalize_slide(src, dst, normalizer, per_tile=per_tile, overwrite=overwrite, engine=engine)
+                normalize_slide(src, dst, normalizer, per_tile=per_tile, overwrite=overwrite, engine=engine,
+                                resume=not no_resume)
                 result = None if per_tile else normalizer.source
             else:
                 result = normalize_image_file(src, dst, normalizer, per_tile=per_tile, tile_size=tile_size,
@@ -146,42 +148,40 @@ def normalize(
     typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} -> {output}")
 
 
-def _run_saasn(jobs, checkpoint, device, tile_size, overlap, batch_size, overwrite, output, mode=None, strength=None,
-               seed=0) -> None:
+def _run_saasn(jobs, checkpoint, engine, overwrite, output, mode=None, strength=None, seed=0, resume=True) -> None:
     """The deep many-to-one normaliser: the SAASN X→Y generator over blended tiles (or its stain map), slides or
     images."""
-    from pathgen.io.records import save_run_config
-    from pathgen.engine import resolve_device
     from pathgen.errors import PathgenError
-    from pathgen.progress import progress_bar
-    from pathgen.saasn.infer import (DEFAULT_OVERLAP, DEFAULT_TILE, _normalizer, default_model_path,
-                                     normalize_image_saasn, normalize_slide_saasn)
     from pathgen.io.image import image_format, read_image, write_image
+    from pathgen.io.records import save_run_config
+    from pathgen.progress import progress_bar
+    from pathgen.saasn.infer import (_normalizer, default_model_path, generator_halo, normalize_image_saasn,
+                                     normalize_slide_saasn)
+    from pathgen.stain.slide import SlideFitConfig
 
     ckpt = checkpoint or default_model_path()
-    dev = resolve_device(device)
-    model = _normalizer(ckpt, dev, skip_glass=True)
+    model = _normalizer(ckpt, engine.device, skip_glass=True)
     mode, strength = model.resolve_mode(mode, strength)  # refuse a bad mode or strength before any work
-    tile = DEFAULT_TILE if tile_size == 512 else tile_size  # 512 is the classical methods' default
-    halo = DEFAULT_OVERLAP if overlap is None else overlap
+    halo = generator_halo(engine.tile_size, model.multiple) if engine.overlap is None else engine.overlap
     with progress_bar(len(jobs), "normalize (saasn)", unit="files") as bar:
         for src, dst, slide in jobs:
             if slide:
-                normalize_slide_saasn(src, dst, model, device=dev, tile_size=tile, overlap=halo,
-                                      batch_size=batch_size, overwrite=overwrite, mode=mode, strength=strength)
+                normalize_slide_saasn(src, dst, model, engine, overwrite=overwrite, mode=mode, strength=strength,
+                                      fit_config=SlideFitConfig(seed=seed), resume=resume)
             else:
                 rgb, alpha = read_image(src, with_alpha=True)
                 try:
-                    out = normalize_image_saasn(rgb, model, device=dev, tile_size=tile, overlap=halo,
-                                                batch_size=batch_size, mode=mode, strength=strength, seed=seed)
+                    out = normalize_image_saasn(rgb, model, device=engine.device, tile_size=engine.tile_size,
+                                                overlap=halo, batch_size=engine.batch_size, mode=mode,
+                                                strength=strength, seed=seed)
                 except PathgenError as err:  # name the image (e.g. too little tissue to fit a stain map on)
                     raise PathgenError(err.problem, err.path or src) from err
                 write_image(dst, out, alpha, fmt=image_format(dst), overwrite=overwrite, inputs=(src,))
             bar.advance(1)
-    if not (len(jobs) == 1 and jobs[0][2]):  # a single slide's record is written by normalize_slide_saasn
-        save_run_config(output, {"method": "saasn", "checkpoint": str(ckpt), "tile_size": tile, "overlap": halo,
-                                 "mode": mode, "strength": strength},
-                        extra={"inputs": [str(j[0]) for j in jobs]})
+    if not (len(jobs) == 1 and jobs[0][2]):  # a single slide's record is written by the slide job
+        save_run_config(output, {"method": "saasn", "engine": engine, "saasn": {
+            "checkpoint": str(ckpt), "halo": halo, "mode": mode, "strength": strength}},
+            seed=seed, extra={"inputs": [str(j[0]) for j in jobs]})
     typer.echo(f"normalised {len(jobs)} file{'s' if len(jobs) != 1 else ''} with SAASN -> {output}")
 
 

@@ -18,7 +18,7 @@ THREADS = typer.Option(None, "--threads", help="Threads of the default local poo
 def engine_config(workers: Optional[int] = None, scheduler: Optional[str] = None, device: str = "auto",
                   batch_size: int = 8, threads: Optional[int] = None, **kw) -> EngineConfig:
     """An :class:`EngineConfig` from the shared CLI options plus command-specific fields."""
-    from pathgen.engine import resolve_device
+    from pathgen.engine.job import resolve_engine
 
-    return EngineConfig(workers=workers, scheduler=scheduler, device=resolve_device(device),
-                        batch_size=batch_size, threads=threads, **kw)
+    return resolve_engine(EngineConfig(workers=workers, scheduler=scheduler, device=device, batch_size=batch_size,
+                                       threads=threads, **kw))

@@ -17,7 +17,8 @@ def segment(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="HoVer-Net run folder (default: the "
                                                                          "shipped small model)."),
     tile_size: int = typer.Option(512, "--tile-size", help="Core tile size in pixels at the model's mpp."),
-    overlap: int = typer.Option(64, "--overlap", help="Halo in pixels; wider than the largest nucleus."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Halo in pixels; wider than the largest nucleus "
+                                                                  "(default 64)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Override the slide's µm/px."),
     min_area: Optional[int] = typer.Option(None, "--min-area", help="Smallest nucleus kept, pixels."),
     min_haematoxylin: Optional[float] = typer.Option(
@@ -25,6 +26,8 @@ def segment(
                                          "of the slide's 99th percentile (default: the checkpoint's, 0.25; 0 = off)."),
     no_skip: bool = typer.Option(False, "--no-skip", help="Also process tiles without detected tissue."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results in the folder."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start an interrupted run over instead of going on "
+                                                              "from its last finished tiles."),
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
     threads: Optional[int] = THREADS,
@@ -32,15 +35,15 @@ def segment(
     device: str = DEVICE,
 ) -> None:
     """Segment and type nuclei; each nucleus is resolved once across tiles."""
+    from pathgen.cli.options import engine_config
     from pathgen.io.models import shipped_model
-    from pathgen.engine import resolve_device
     from pathgen.segment.slide import SegmentConfig, segment as run
 
     ckpt = checkpoint or shipped_model("hovernet")
-    cfg = SegmentConfig(tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=resolve_device(device),
-                        workers=workers, scheduler=scheduler, threads=threads, skip_background=not no_skip,
-                        min_area=min_area, min_haematoxylin=min_haematoxylin)
-    summary = run(input, output, ckpt, cfg, slide_mpp=mpp, overwrite=overwrite)
+    engine = engine_config(workers, scheduler, device, batch_size, threads, tile_size=tile_size, overlap=overlap,
+                           skip_background=not no_skip)
+    cfg = SegmentConfig(engine=engine, min_area=min_area, min_haematoxylin=min_haematoxylin)
+    summary = run(input, output, ckpt, cfg, slide_mpp=mpp, overwrite=overwrite, resume=not no_resume)
     per = ", ".join(f"{k} {v}" for k, v in sorted(summary["per_type"].items()))
     typer.echo(f"{summary['nuclei']} nuclei ({per}) -> {output}")
 

@@ -55,21 +55,19 @@ def convert(
     target_mpp: Optional[float] = typer.Option(None, "--target-mpp", help="Resample to this µm/px instead."),
     mpp: Optional[float] = MPP,
     overwrite: bool = OVERWRITE,
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start an interrupted conversion over."),
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
     threads: Optional[int] = THREADS,
     batch_size: int = BATCH,
 ) -> None:
     """Re-encode any slide into a pyramidal TIFF (or OME-Zarr if OUTPUT ends in .zarr)."""
-    from pathgen.engine import identity, run_slide
-    from pathgen.io.slide import open_slide
+    from pathgen.engine.job import convert_slide
 
-    with open_slide(slide, mpp=mpp) as s:
-        cfg = engine_config(workers, scheduler, "cpu", batch_size, threads, tile_size=tile_size, overlap=0,
-                            blend="none", skip_background=False)
-        rep = run_slide(s, identity, output, level=None if target_mpp else level, mpp=target_mpp, cfg=cfg,
-                        compression=compression, quality=quality, pyramid_tile=tile_size, overwrite=overwrite,
-                        progress_desc="convert")
+    cfg = engine_config(workers, scheduler, "cpu", batch_size, threads, tile_size=tile_size, overlap=0,
+                        blend="none", skip_background=False)
+    rep = convert_slide(slide, output, cfg, level=level, mpp=target_mpp, slide_mpp=mpp, compression=compression,
+                        quality=quality, overwrite=overwrite, resume=not no_resume)
     typer.echo(f"wrote {rep.output} ({rep.shape[1]}×{rep.shape[0]}, {rep.windows} tiles)")
 
 

@@ -47,12 +47,13 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise PathgenError(f"--device {device}: no CUDA GPU is available (use --device cpu or auto)")
+            raise PathgenError(f"device {device!r}: no CUDA GPU is available (use cpu or auto)", param="device")
         idx = int(device.split(":", 1)[1]) if ":" in device else 0
         if idx >= torch.cuda.device_count():
-            raise PathgenError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+            raise PathgenError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible",
+                               param="device")
         return device
-    raise PathgenError(f"unknown device {device!r} (use auto, cpu or cuda[:N])")
+    raise PathgenError(f"unknown device {device!r} (use auto, cpu or cuda[:N])", param="device")
 
 
 def ramp(n: int, kind: str) -> np.ndarray:
@@ -122,7 +123,7 @@ class EngineConfig:
     """How tiles are cut, batched, blended and scheduled (saved with outputs)."""
 
     tile_size: int = 512
-    overlap: int | None = 32  # None: the job chooses (e.g. 0 for pointwise transforms)
+    overlap: int | None = None  # None: the method's halo (pathgen.engine.job.engine_geometry); 32 for bare runs
     batch_size: int = 8
     blend: str = "cosine"
     workers: int | None = None  # None: threads in this process; N: a local cluster of N processes
@@ -345,7 +346,7 @@ class Stitcher:
         return out[y0 - y_top:y1 - y_top]
 
     def _weighted(self, t, wy, wx):
-        c, g = self.c, self.g
+        c = self.c
         w2 = wy[:, None, None] * wx[None, :, None]
         if t is None:
             return w2 * self.bg[None, None, :]
@@ -410,9 +411,11 @@ def _grid_for(source, cfg: EngineConfig) -> TileGrid:
 
 def _iter_window_results(source, fn: TileFn, grid: TileGrid, out_channels: int, cfg: EngineConfig, tissue,
                          report: RunReport, progress_desc: str, quiet: bool | None,
-                         record_sink: Callable[[object], None] | None) -> Iterator[tuple[int, int, object]]:
-    """``(ty, tx, result)`` for every window in raster order (``result`` None for skipped background), computed in
-    batches on the executor with a bounded number in flight."""
+                         record_sink: Callable[[object], None] | None, first_row: int = 0,
+                         row_done: Callable[[int], None] | None = None) -> Iterator[tuple[int, int, object]]:
+    """``(ty, tx, result)`` for every window of rows ``first_row..`` in raster order (``result`` None for skipped
+    background), computed in batches on the executor with a bounded number in flight. ``row_done(ty)`` is called
+    once every window of row ``ty`` has been computed (its records sunk), before the row is handed on."""
     from pathgen.progress import progress_bar
 
     report.windows = len(grid)
@@ -428,11 +431,12 @@ def _iter_window_results(source, fn: TileFn, grid: TileGrid, out_channels: int, 
     # batches within one window row, in raster order
     bs = max(1, cfg.batch_size)
     batches = [(ty, list(range(start, min(start + bs, grid.nx))))
-               for ty in range(grid.ny) for start in range(0, grid.nx, bs)]
+               for ty in range(first_row, grid.ny) for start in range(0, grid.nx, bs)]
     ex = _Executor(cfg)
     max_in_flight = max(2, ex.slots * cfg.in_flight_per_worker)
     try:
         with progress_bar(len(grid), progress_desc, unit="tiles", quiet=quiet) as bar:
+            bar.advance(first_row * grid.nx)  # a resumed job: these windows were done by an earlier run
             futures: deque = deque()
             nxt = 0
             while nxt < len(batches) or futures:
@@ -450,6 +454,8 @@ def _iter_window_results(source, fn: TileFn, grid: TileGrid, out_channels: int, 
                 for tx, r, rec in zip(txs, results, records):
                     if rec is not None:
                         (record_sink or report.records.append)(rec)
+                    if tx == grid.nx - 1 and row_done is not None:
+                        row_done(ty)
                     yield ty, tx, r
                 bar.advance(len(txs))
     finally:
@@ -458,8 +464,8 @@ def _iter_window_results(source, fn: TileFn, grid: TileGrid, out_channels: int, 
 
 def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8, cfg: EngineConfig = EngineConfig(),
                        tissue=None, report: RunReport | None = None, progress_desc: str = "tiles",
-                       quiet: bool | None = None, record_sink: Callable[[object], None] | None = None
-                       ) -> Iterator[np.ndarray]:
+                       quiet: bool | None = None, record_sink: Callable[[object], None] | None = None,
+                       start_y: int = 0, row_done: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
     """Run ``fn`` over every window of ``source`` and yield stitched output rows, top to bottom.
 
     Parameters
@@ -473,6 +479,11 @@ def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8
         output pixels; it may return ``(arrays, records)`` with one side record per tile (e.g. polygons).
     record_sink : callable, optional
         Receives each non-None record in raster order; without it records are kept in ``report.records``.
+    start_y : int
+        First output row wanted (a resumed job): the windows are computed from the first window row that
+        reaches it (one row earlier when blending needs that row's lower ramp), and rows above are dropped.
+    row_done : callable, optional
+        Called with each window row's index once all its windows are computed.
     tissue : TissueMask, optional
         With ``cfg.skip_background``, windows whose core has no tissue are not processed: they are filled with
         ``cfg.background``.
@@ -480,28 +491,45 @@ def iter_stitched_rows(source, fn: TileFn, out_channels: int, out_dtype=np.uint8
     grid = _grid_for(source, cfg)
     report = report if report is not None else RunReport()
     stitcher = Stitcher(grid, out_channels, out_dtype, cfg.blend, cfg.background)
+    first = first_window_row(grid, start_y)
     row_tiles: list = [None] * grid.nx
     for ty, tx, r in _iter_window_results(source, fn, grid, out_channels, cfg, tissue, report, progress_desc, quiet,
-                                          record_sink):
+                                          record_sink, first, row_done):
         row_tiles[tx] = r
         if tx == grid.nx - 1:
-            yield stitcher.row(ty, row_tiles)
+            rows = stitcher.row(ty, row_tiles)
+            top = max(ty * grid.tile - grid.overlap, 0)  # output row of rows[0]
+            if top + rows.shape[0] > start_y:
+                yield rows[max(start_y - top, 0):]
             row_tiles = [None] * grid.nx
+
+
+def first_window_row(grid: TileGrid, start_y: int) -> int:
+    """The first window row to compute so that stitched output from row ``start_y`` on is exact: the row whose
+    output reaches ``start_y``, or the one before it when its lower ramp (the vertical carry) blends into it."""
+    if start_y <= 0:
+        return 0
+    o, s = grid.overlap, grid.tile
+    if o == 0:
+        return min(start_y // s, grid.ny - 1)
+    r = min((start_y + o) // s, grid.ny - 1)
+    return max(r - 1, 0)
 
 
 def iter_core_tiles(source, fn: TileFn, out_channels: int, out_dtype=np.uint8, cfg: EngineConfig = EngineConfig(),
                     tissue=None, report: RunReport | None = None, progress_desc: str = "tiles",
-                    quiet: bool | None = None, record_sink: Callable[[object], None] | None = None
-                    ) -> Iterator[np.ndarray]:
+                    quiet: bool | None = None, record_sink: Callable[[object], None] | None = None,
+                    start_row: int = 0, row_done: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
     """Like :func:`iter_stitched_rows` for grids without overlap: yields each output tile ``(th, tw, c)`` (clipped
-    at the right and bottom edges) in raster order, so that nothing as wide as the slide is ever held."""
+    at the right and bottom edges) in raster order, so that nothing as wide as the slide is ever held. A resumed
+    job starts at tile row ``start_row``."""
     grid = _grid_for(source, cfg)
     if grid.overlap:
         raise PathgenError("iter_core_tiles needs overlap 0 (blending needs whole rows)")
     report = report if report is not None else RunReport()
     stitcher = Stitcher(grid, out_channels, out_dtype, cfg.blend, cfg.background)
     for ty, tx, r in _iter_window_results(source, fn, grid, out_channels, cfg, tissue, report, progress_desc, quiet,
-                                          record_sink):
+                                          record_sink, start_row, row_done):
         th, tw = min(grid.tile, grid.height - ty * grid.tile), min(grid.tile, grid.width - tx * grid.tile)
         yield stitcher.core_tile(r, th, tw)
 
@@ -516,40 +544,6 @@ def process_array(image: np.ndarray, fn: TileFn, out_channels: int | None = None
     dt = np.dtype(out_dtype or image.dtype)
     rows = list(iter_stitched_rows(src, fn, c, dt, cfg, tissue=tissue, quiet=True))
     return np.concatenate(rows, axis=0)
-
-
-def run_slide(slide, fn: TileFn, output: str | os.PathLike, *, out_channels: int = 3, out_dtype=np.uint8,
-              level: int | None = 0, mpp: float | None = None, cfg: EngineConfig = EngineConfig(), tissue=None,
-              compression: str | None = None, quality: int = 90, pyramid_tile: int = 512, overwrite: bool = False,
-              progress_desc: str = "tiles", description: str | None = None,
-              record_sink: Callable[[object], None] | None = None) -> RunReport:
-    """Stream ``fn`` over a slide into a pyramidal TIFF (or OME-Zarr when ``output`` ends in ``.zarr``).
-
-    The output has the geometry of ``level`` (or of ``mpp`` µm/px when given), carries the matching mpp, and is
-    written atomically; the input is never written.
-    """
-    from pathgen.io.pyramid import write_ome_zarr, write_pyramid, write_pyramid_tiles
-
-    source = SlideSource(slide, level=level, mpp=mpp)
-    report = RunReport(output=str(output), shape=(source.height, source.width, out_channels), mpp=source.out_mpp)
-    # Without a halo and with matching tile sizes, tiles go straight from the engine into the pyramid (nothing as
-    # wide as the slide is held); otherwise blending needs whole rows.
-    by_tile = (cfg.overlap == 0 and cfg.tile_size == pyramid_tile)
-    stream = (iter_core_tiles if by_tile else iter_stitched_rows)(
-        source, fn, out_channels, out_dtype, cfg, tissue=tissue, report=report, progress_desc=progress_desc,
-        record_sink=record_sink)
-    shape = (source.height, source.width, out_channels)
-    dt = np.dtype(out_dtype)
-    if compression is None:
-        compression = "jpeg" if (dt == np.uint8 and out_channels in (1, 3)) else "zlib"
-    if str(output).rstrip("/").endswith(".zarr"):
-        write_ome_zarr(output, stream, shape, dtype=dt, tile_size=pyramid_tile, mpp=source.out_mpp,
-                       overwrite=overwrite, tiles=by_tile)
-    else:
-        write = write_pyramid_tiles if by_tile else write_pyramid
-        write(output, stream, shape, dtype=dt, tile_size=pyramid_tile, mpp=source.out_mpp, compression=compression,
-              quality=quality, overwrite=overwrite, inputs=(slide.path,), description=description)
-    return report
 
 
 def identity(batch: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ one tile; JPEG for RGB, Deflate for labels and masks; ``XResolution = 10⁴/mpp`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -97,12 +98,19 @@ class _RowBuffer:
                 self.fill = 0
 
 
-def _rows_to_tiles(tile_rows: Iterable[np.ndarray], spec: "PyramidSpec", path) -> Iterator[np.ndarray]:
-    """Full-width row blocks (any heights) → level-0 tiles in raster order, clipped at the right/bottom edge."""
+def _rows_to_tiles(tile_rows: Iterable[np.ndarray], spec: "PyramidSpec", path, start_row: int = 0,
+                   on_band: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+    """Full-width row blocks (any heights) → level-0 tiles in raster order, clipped at the right/bottom edge.
+
+    ``start_row`` (a multiple of the tile size) is the first row the blocks hold (a resumed job);
+    ``on_band(k)`` is called when band ``k`` (tile row ``k``) is complete, before its tiles are handed on.
+    """
     h, w, c = spec.shape
     t = spec.tile_size
     bands: list[np.ndarray] = []
     buf = _RowBuffer(t, w, c, spec.dtype, h, bands.append)
+    buf.done = start_row
+    band_index = start_row // t
     for rows in tile_rows:
         rows = np.asarray(rows)
         if rows.ndim == 2:
@@ -114,6 +122,9 @@ def _rows_to_tiles(tile_rows: Iterable[np.ndarray], spec: "PyramidSpec", path) -
         buf.push(rows.astype(spec.dtype, copy=False))
         while bands:
             band = bands.pop(0)
+            if on_band is not None:
+                on_band(band_index)
+            band_index += 1
             for x in range(0, w, t):
                 yield band[:, x:x + t]
     if buf.done < h:
@@ -131,15 +142,20 @@ class _PieceStore:
         self._index: dict = {}
         self._lock = threading.Lock()
 
-    def put(self, key, arr: np.ndarray) -> None:
+    def put(self, key, arr: np.ndarray) -> bytes:
+        """Park ``arr`` under ``key``; returns its LZ4 encoding (what a job journal stores)."""
         import imagecodecs
 
         arr = np.ascontiguousarray(arr)
         data = imagecodecs.lz4_encode(arr, header=True)
+        self.put_encoded(key, data, arr.shape, arr.dtype)
+        return data
+
+    def put_encoded(self, key, data: bytes, shape, dtype) -> None:
         with self._lock:
             off = self._end
             self._end += len(data)
-            self._index[key] = (off, len(data), arr.shape, arr.dtype)
+            self._index[key] = (off, len(data), tuple(shape), np.dtype(dtype))
         os.pwrite(self._fd, data, off)
 
     def take(self, key) -> np.ndarray | None:
@@ -185,8 +201,13 @@ class _TilePyramid:
     JPEG) on a thread pool; its 2× reduction goes to the piece store, from which the tiles of level k+1 are put
     together once level k is complete. Memory is the tiles in flight, whatever the slide size."""
 
-    def __init__(self, spec: "PyramidSpec", scratch: Path, workers: int | None, finish: Callable[[np.ndarray], object]):
+    def __init__(self, spec: "PyramidSpec", scratch: Path, workers: int | None, finish: Callable[[np.ndarray], object],
+                 journal=None):
         self.spec = spec
+        self.journal = journal  # a pathgen.io.journal.JobJournal: level-0 bands are stored as they finish
+        self.band_states: dict[int, object] = {}
+        self._bands: dict[int, dict] = {}
+        self._band_lock = threading.Lock()
         self.t = spec.tile_size
         self.shapes = level_shapes(spec.shape[0], spec.shape[1], spec.tile_size)
         self.grids = [(math.ceil(h / self.t), math.ceil(w / self.t)) for h, w in self.shapes]
@@ -216,6 +237,8 @@ class _TilePyramid:
         return out
 
     def _work(self, k: int, ty: int, tx: int, tile: np.ndarray | None):
+        """Finish one tile of level ``k``; park its reduction. Returns the finished tile, and for level 0 under a
+        journal ``(finished, reduction entry)`` where the entry is ``(description, LZ4 bytes)``."""
         if tile is None:
             tile = self._assemble(k, ty, tx)
         else:
@@ -227,29 +250,81 @@ class _TilePyramid:
                 raise PathgenError(f"tile ({ty}, {tx}) has shape {tile.shape}, expected ({eh}, {ew}, "
                                    f"{self.spec.shape[2]})")
             tile = tile[:eh, :ew].astype(self.spec.dtype, copy=False)
+        piece = None
         if k + 1 < len(self.shapes):
-            self.store.put((k + 1, ty, tx), downsample2(tile, self.spec.downsample))
+            small = downsample2(tile, self.spec.downsample)
+            data = self.store.put((k + 1, ty, tx), small)
+            piece = ({"shape": list(small.shape), "dtype": small.dtype.str}, data)
         else:
             self.last = tile
-        return self.finish(tile)
+            if k == 0 and self.journal is not None:  # a one-level image: the thumbnail needs the tile itself
+                from pathgen.io.journal import encode_array
+
+                piece = ({**encode_array(tile)[0], "last": True}, encode_array(tile)[1])
+        finished = self.finish(tile)
+        if k == 0 and self.journal is not None:
+            return finished, piece
+        return finished
 
     def level(self, k: int, tiles: Iterable[np.ndarray] | None = None, path=None) -> Iterator:
         """Finished tiles of level ``k`` in raster order; level 0 from ``tiles``, the others from the store."""
         ny, nx = self.grids[k]
         if k == 0:
+            if self.journal is not None:
+                return self._journaled_level0(tiles, path)
             args = self._level0_args(tiles, ny * nx, path)
         else:
             args = ((k, ty, tx, None) for ty in range(ny) for tx in range(nx))
         return _ordered_map(self.pool, self._work, args, 2 * self.workers + 2)
 
-    def _level0_args(self, tiles, n: int, path) -> Iterator[tuple]:
+    def _journaled_level0(self, tiles, path) -> Iterator:
+        """Level 0 under a job journal: the bands a killed run finished come back from the journal (tiles as they
+        were written, reductions parked again), the rest is computed, and each band is stored by the worker that
+        finishes its last tile (so a band is saved as soon as it is whole, whatever the writer is doing)."""
+        from pathgen.io.journal import decode_array
+
+        ny, nx = self.grids[0]
+        done = min(self.journal.resumed_bands, ny)
+        for band in range(done):
+            stored, pieces, _ = self.journal.read_band(band)
+            for tx, ((desc, data), piece) in enumerate(zip(stored, pieces)):
+                if piece is not None:
+                    pdesc, pdata = piece
+                    if pdesc.get("last"):
+                        self.last = decode_array(pdesc, pdata)
+                    else:
+                        self.store.put_encoded((1, band, tx), pdata, pdesc["shape"], pdesc["dtype"])
+                yield data if desc.get("kind") == "bytes" else decode_array(desc, data)
+        args = self._level0_args(tiles, (ny - done) * nx, path, first=done * nx)
+        yield from _ordered_map(self.pool, self._work_journaled, args, 2 * self.workers + 2)
+
+    def _work_journaled(self, k: int, ty: int, tx: int, tile: np.ndarray) -> object:
+        from pathgen.io.journal import encode_array
+
+        finished, piece = self._work(k, ty, tx, tile)
+        entry = ({"kind": "bytes"}, bytes(finished)) if isinstance(finished, (bytes, bytearray)) \
+            else encode_array(finished)
+        nx = self.grids[0][1]
+        with self._band_lock:
+            band = self._bands.setdefault(ty, {})
+            band[tx] = (entry, piece)
+            whole = len(band) == nx
+            if whole:
+                del self._bands[ty]
+                state = self.band_states.pop(ty, None)
+        if whole:
+            order = [band[i] for i in range(nx)]
+            self.journal.write_band(ty, [e for e, _ in order], [pc for _, pc in order], state)
+        return finished
+
+    def _level0_args(self, tiles, n: int, path, first: int = 0) -> Iterator[tuple]:
         nx = self.grids[0][1]
         it = iter(tiles)
-        for i in range(n):
+        for i in range(first, first + n):
             try:
                 tile = next(it)
             except StopIteration:
-                raise PathgenError(f"the image stream ended after {i} of {n} tiles "
+                raise PathgenError(f"the image stream ended after {i} of {first + n} tiles "
                                    f"(shape {self.spec.shape[1]}x{self.spec.shape[0]})", path) from None
             yield 0, i // nx, i % nx, tile
         if next(it, None) is not None:
@@ -320,7 +395,8 @@ def write_pyramid(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], shap
                   dtype=np.uint8, tile_size: int = 512, mpp: tuple[float, float] | float | None = None,
                   compression: str = "jpeg", quality: int = 90, description: str | None = None,
                   overwrite: bool = False, downsample: str | None = None, thumbnail: int = 512,
-                  inputs: tuple = (), maxworkers: int | None = None) -> Path:
+                  inputs: tuple = (), maxworkers: int | None = None, journal=None,
+                  band_state: Callable[[], object] | None = None) -> Path:
     """Stream a level-0 image, given as full-width row blocks, into a pyramidal TIFF at ``path``, atomically.
 
     Parameters
@@ -342,25 +418,44 @@ def write_pyramid(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], shap
         Files the output must never overwrite.
     maxworkers : int, optional
         Threads that reduce and encode tiles (default: CPU count).
+    journal : pathgen.io.journal.JobJournal, optional
+        Make the write resumable: finished level-0 bands are stored in the job's work folder, and the bands a
+        killed run finished are replayed from it; ``tile_rows`` must then start at row
+        ``journal.resumed_bands * tile_size`` (:func:`resume_row`). The file is assembled in the work folder.
+    band_state : callable, optional
+        With a journal: called as each band is complete; its (JSON-able) result is stored with the band (the
+        caller's streaming state, e.g. a renumbering table).
 
     Returns
     -------
     Path of the written file. Nothing is left at ``path`` if anything fails.
     """
     spec = _make_spec(path, shape, dtype, tile_size, mpp, compression, quality, description, downsample)
-    return _write_tiff(path, spec, _rows_to_tiles(tile_rows, spec, path), overwrite, thumbnail, inputs, maxworkers)
+    states: dict = {}
+    start = resume_row(journal, spec.tile_size, spec.shape[0])
+    hook = (lambda k: states.__setitem__(k, band_state())) if (journal is not None and band_state) else None
+    return _write_tiff(path, spec, _rows_to_tiles(tile_rows, spec, path, start, hook), overwrite, thumbnail, inputs,
+                       maxworkers, journal, states)
+
+
+def resume_row(journal, tile_size: int, height: int) -> int:
+    """First level-0 row a journaled pyramid write still needs (0 without a journal)."""
+    if journal is None:
+        return 0
+    return min(journal.resumed_bands * tile_size, height)
 
 
 def write_pyramid_tiles(path: str | os.PathLike, tiles: Iterable[np.ndarray], shape: tuple[int, ...],
                         dtype=np.uint8, tile_size: int = 512, mpp: tuple[float, float] | float | None = None,
                         compression: str = "jpeg", quality: int = 90, description: str | None = None,
                         overwrite: bool = False, downsample: str | None = None, thumbnail: int = 512,
-                        inputs: tuple = (), maxworkers: int | None = None) -> Path:
+                        inputs: tuple = (), maxworkers: int | None = None, journal=None) -> Path:
     """Like :func:`write_pyramid`, with level 0 given as ``tile_size`` tiles in raster order (row by row, left to
     right); edge tiles may be clipped to the image or full-size (the excess is ignored). Nothing wider than a tile
-    is ever held, so memory does not grow with the slide."""
+    is ever held, so memory does not grow with the slide. With a ``journal`` the tiles start at tile row
+    ``journal.resumed_bands``."""
     spec = _make_spec(path, shape, dtype, tile_size, mpp, compression, quality, description, downsample)
-    return _write_tiff(path, spec, tiles, overwrite, thumbnail, inputs, maxworkers)
+    return _write_tiff(path, spec, tiles, overwrite, thumbnail, inputs, maxworkers, journal, {})
 
 
 def _jpeg_encoder(spec: PyramidSpec) -> Callable[[np.ndarray], bytes]:
@@ -380,8 +475,25 @@ def _jpeg_encoder(spec: PyramidSpec) -> Callable[[np.ndarray], bytes]:
     return encode
 
 
+@contextlib.contextmanager
+def _output_file(target: Path, overwrite: bool, inputs: tuple, journal) -> Iterator[Path]:
+    """Where a pyramid is assembled: a temporary file beside ``target`` (renamed onto it on success, removed on
+    failure), or, for a journaled job, a file in the job's work folder (kept on failure, so the job resumes)."""
+    if journal is None:
+        with atomic_path(target, overwrite=overwrite, inputs=inputs) as tmp:
+            yield tmp
+        return
+    from pathgen.io.atomic import check_output
+
+    check_output(target, overwrite=overwrite, inputs=inputs)
+    tmp = journal.path("out" + target.suffix)
+    yield tmp
+    journal.path("placed").touch()  # the assembled file is whole: a run killed now only has to move it
+    os.replace(tmp, target)
+
+
 def _write_tiff(path, spec: PyramidSpec, tiles: Iterable[np.ndarray], overwrite: bool, thumbnail: int,
-                inputs: tuple, maxworkers: int | None) -> Path:
+                inputs: tuple, maxworkers: int | None, journal=None, band_states: dict | None = None) -> Path:
     import tifffile
 
     shapes = level_shapes(spec.shape[0], spec.shape[1], spec.tile_size)
@@ -395,9 +507,11 @@ def _write_tiff(path, spec: PyramidSpec, tiles: Iterable[np.ndarray], overwrite:
     t = spec.tile_size
     finish = _jpeg_encoder(spec) if pre_encode else (lambda tile: _pad_to(tile, t))
     tile_bytes = t * t * c * spec.dtype.itemsize
-    with atomic_path(target, overwrite=overwrite, inputs=inputs) as tmp:
+    with _output_file(target, overwrite, inputs, journal) as tmp:
         scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.levels.", dir=tmp.parent))
-        pyr = _TilePyramid(spec, scratch, maxworkers, finish)
+        pyr = _TilePyramid(spec, scratch, maxworkers, finish, journal)
+        if band_states is not None:
+            pyr.band_states = band_states
         try:
             with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
                 for k, (lh, lw) in enumerate(shapes):
@@ -445,15 +559,36 @@ def _resize_longest(img: np.ndarray, longest: int) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+@contextlib.contextmanager
+def _output_dir(target: Path, overwrite: bool, journal) -> Iterator[Path]:
+    """Like :func:`_output_file` for folder outputs (OME-Zarr)."""
+    if journal is None:
+        with atomic_dir(target, overwrite=overwrite) as tmp:
+            yield tmp
+        return
+    if target.exists() and not overwrite:
+        raise PathgenError("output exists (use --overwrite to replace it)", target)
+    tmp = journal.path("out.zarr")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # rebuilt from the stored bands
+    tmp.mkdir()
+    yield tmp
+    journal.path("placed").touch()
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    os.replace(tmp, target)
+
+
 def write_ome_zarr(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], shape: tuple[int, ...],
                    dtype=np.uint8, tile_size: int = 512, mpp: tuple[float, float] | float | None = None,
                    overwrite: bool = False, downsample: str | None = None, name: str = "image",
-                   tiles: bool = False) -> Path:
+                   tiles: bool = False, journal=None, band_state: Callable[[], object] | None = None) -> Path:
     """Stream a level-0 image into an OME-Zarr (NGFF 0.5, zarr v3) multiscale image folder, atomically.
 
     ``tile_rows`` are full-width row blocks, or with ``tiles=True`` ``tile_size`` tiles in raster order (as for
     :func:`write_pyramid_tiles`). NGFF does not allow ``y, x, c``; the arrays are stored ``(c, y, x)`` with chunks
-    ``(c, tile, tile)`` and the multiscale metadata carries µm scales when ``mpp`` is known.
+    ``(c, tile, tile)`` and the multiscale metadata carries µm scales when ``mpp`` is known. ``journal`` and
+    ``band_state`` make the write resumable as for :func:`write_pyramid`.
     """
     import zarr
     from zarr.codecs import BloscCodec
@@ -462,13 +597,17 @@ def write_ome_zarr(path: str | os.PathLike, tile_rows: Iterable[np.ndarray], sha
                       downsample or ("mean" if np.dtype(dtype) == np.uint8 else "nearest"))
     shapes = level_shapes(spec.shape[0], spec.shape[1], spec.tile_size)
     c, t = spec.shape[2], spec.tile_size
-    level0 = tile_rows if tiles else _rows_to_tiles(tile_rows, spec, path)
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    states: dict = {}
+    start = resume_row(journal, spec.tile_size, spec.shape[0])
+    hook = (lambda k: states.__setitem__(k, band_state())) if (journal is not None and band_state) else None
+    level0 = tile_rows if tiles else _rows_to_tiles(tile_rows, spec, path, start, hook)
+    with _output_dir(Path(path), overwrite, journal) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         arrays = [root.create_array(str(k), shape=(c, s[0], s[1]), chunks=(c, t, t),
                                     dtype=spec.dtype, compressors=BloscCodec(cname="zstd", clevel=3), fill_value=0)
                   for k, s in enumerate(shapes)]
-        pyr = _TilePyramid(spec, Path(tmp), None, lambda tile: tile)
+        pyr = _TilePyramid(spec, Path(tmp), None, lambda tile: tile, journal)
+        pyr.band_states = states
         try:
             for k in range(len(shapes)):
                 nx = pyr.grids[k][1]

@@ -445,7 +445,7 @@ def _open_backend(path: str) -> _Backend:
         except OSError as exc:
             raise PathgenError(f"cannot read: {exc.strerror}", path) from exc
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         try:
             return _ImageBackend(path)

@@ -66,8 +66,9 @@ def run(cfg: Config) -> dict:
             from pathgen.saasn.infer import normalize_slide_saasn
 
             rep = normalize_slide_saasn(slide_path, result, cfg.saasn_checkpoint or shipped_model("saasn"),
-                                        device=cfg.device, tile_size=cfg.tile_size, overwrite=cfg.overwrite,
-                                        quality=cfg.quality, fit_config=SlideFitConfig(seed=cfg.seed))
+                                        EngineConfig(tile_size=cfg.tile_size, batch_size=4, device=cfg.device),
+                                        overwrite=cfg.overwrite, quality=cfg.quality,
+                                        fit_config=SlideFitConfig(seed=cfg.seed))
         else:
             norm = StainNormalizer(method, seed=cfg.seed).fit_target(str(target_path))
             rep = normalize_slide(slide_path, result, norm, overwrite=cfg.overwrite, quality=cfg.quality,

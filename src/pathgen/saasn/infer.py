@@ -178,12 +178,14 @@ def _normalizer(checkpoint, device: str, skip_glass: bool = False) -> SaasnNorma
     return SaasnNormalizer(checkpoint, device=device, skip_glass=skip_glass)
 
 
-def _engine_config(tile_size: int, overlap: int, batch_size: int, device: str):
-    from pathgen.engine import EngineConfig
-
-    # One worker thread: torch already uses every core inside a forward pass, and a GPU serialises anyway.
-    return EngineConfig(tile_size=int(tile_size), overlap=int(overlap), batch_size=int(batch_size),
-                        blend="cosine", threads=1, device=device)
+def generator_halo(tile_size: int, multiple: int, min_halo: int = DEFAULT_OVERLAP) -> int:
+    """The halo SAASN's generator needs around a ``tile_size`` core: ``min_halo`` px of blended context, grown (up
+    to twice that) when that makes the window (core + 2 halo) a multiple of the generator's ``multiple``, so the
+    generator needs no padding inside the window."""
+    for halo in range(min_halo, 2 * min_halo + 1):
+        if (tile_size + 2 * halo) % multiple == 0 and 2 * halo <= tile_size:
+            return halo
+    return min(min_halo, tile_size // 2)
 
 
 def normalize_image_saasn(image: np.ndarray, checkpoint, device: str = "auto", tile_size: int = DEFAULT_TILE,
@@ -214,30 +216,33 @@ def normalize_image_saasn(image: np.ndarray, checkpoint, device: str = "auto", t
     -------
     ndarray, shape (H, W, 3), uint8
     """
-    from pathgen.engine import process_array
+    from pathgen.engine import EngineConfig, process_array
 
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise PathgenError(f"expected an (H, W, 3) uint8 image, got {arr.dtype} {arr.shape}")
     norm = _normalizer(checkpoint, device)
     mode, strength = norm.resolve_mode(mode, strength)
-    cfg = _engine_config(tile_size, overlap, batch_size, str(norm.device))
+    # One worker thread: torch already uses every core inside a forward pass.
+    cfg = EngineConfig(tile_size=int(tile_size), overlap=int(overlap), batch_size=int(batch_size), blend="cosine",
+                       threads=1, device=str(norm.device))
     out = process_array(arr, norm, out_channels=3, out_dtype=np.uint8, cfg=cfg)
     if mode == "generator":
         return out
     return StainMap(fit_stain_map([arr], [out], seed=seed), strength=strength, fit_tiles=1)(arr)
 
 
-def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLike, checkpoint,
-                          device: str = "auto", tile_size: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                          batch_size: int = 4, level: int | None = 0, mpp: float | None = None,
-                          skip_background: bool = True, overwrite: bool = False, quality: int = 90,
-                          compression: str | None = None, mode: str | None = None, strength: float | None = None,
-                          fit_config=None):
+def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLike, checkpoint, engine=None, *,
+                          level: int | None = 0, mpp: float | None = None, skip_background: bool = True,
+                          overwrite: bool = False, quality: int = 90, compression: str | None = None,
+                          mode: str | None = None, strength: float | None = None, fit_config=None,
+                          resume: bool = True):
     """Normalise a whole slide with a SAASN generator into a pyramidal TIFF (or OME-Zarr for ``*.zarr``).
 
-    ``"generator"`` mode paints every window with the generator; ``"stain-map"`` mode fits one stain map on tissue
-    tiles sampled across the slide and streams the slide through it, without overlap (module docstring).
+    ``"generator"`` mode paints every window with the generator, windows blended over a halo of at least 32 px
+    (:func:`generator_halo`); ``"stain-map"`` mode fits one stain map on tissue tiles sampled across the slide and
+    streams the slide through it, without halo (module docstring). The run goes through
+    :func:`pathgen.engine.job.run_slide_job` (resumable).
 
     Parameters
     ----------
@@ -247,9 +252,8 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
         ``.tif``/``.tiff`` (pyramidal, JPEG tiles by default) or ``.zarr``; written atomically, never over the
         input; an existing output is refused unless ``overwrite``.
     checkpoint : path or SaasnNormalizer
-    device : str
-    tile_size, overlap, batch_size : int
-        Engine tiling (see :func:`normalize_image_saasn`).
+    engine : pathgen.engine.EngineConfig, optional
+        Tiling, batching, threads, workers and device (default: 512 px tiles, batches of 4, one thread).
     level : int, optional
         Pyramid level processed (0 = full resolution); ignored when ``mpp`` is given.
     mpp : float, optional
@@ -267,53 +271,55 @@ def normalize_slide_saasn(slide_path: str | os.PathLike, output: str | os.PathLi
         Stain-map strength in [0, 1] (default: the model's stored one).
     fit_config : pathgen.stain.slide.SlideFitConfig, optional
         Which tissue tiles the stain map is fitted on (default: 64 tiles of 256 px spread over the slide).
+    resume : bool
+        Continue an interrupted run of the same job (default) or start over.
 
     Returns
     -------
-    pathgen.engine.RunReport
+    pathgen.engine.job.JobReport
     """
-    from pathgen.io.records import save_run_config
-    from pathgen.engine import run_slide
-    from pathgen.io.atomic import check_output
-    from pathgen.io.slide import open_slide
+    from pathgen.engine import EngineConfig
+    from pathgen.engine.job import TileMethod, run_slide_job
     from pathgen.stain.slide import SlideFitConfig, sample_slide_tiles
-    from pathgen.engine.tissue import tissue_mask
 
-    norm = _normalizer(checkpoint, device, skip_glass=skip_background)
-    mode, strength = norm.resolve_mode(mode, strength)
-    check_output(output, overwrite=overwrite, inputs=(slide_path,))
-    slide = open_slide(slide_path)
-    cfg = _engine_config(tile_size, overlap, batch_size, str(norm.device))
-    record: dict = {"mode": mode}
-    if mode == "generator":
-        fn = norm
-    else:
-        fit_config = fit_config or SlideFitConfig()
-        mask = tissue_mask(slide, fit_config.tissue)
+    fit_config = fit_config or SlideFitConfig()
+    counts = {}
+
+    def prepare(ctx) -> TileMethod:
+        norm = _normalizer(checkpoint, ctx.engine.device, skip_glass=skip_background)
+        run_mode, run_strength = norm.resolve_mode(mode, strength)
+        config = {"checkpoint": norm.checkpoint, "mode": run_mode, "skip_background": norm.skip_glass}
+        counts.update(norm=norm, run=norm.windows_run, glass=norm.windows_glass)
+        if run_mode == "generator":
+            halo = generator_halo(ctx.engine.tile_size, norm.multiple)
+            return TileMethod(name="saasn", fn=norm, halo=halo, skip_background=False, default_threads=1,
+                              compression=compression, config=config,
+                              description="pathgen SAASN stain normalisation")
+        slide = ctx.slide
         if mpp is not None:  # fit on the pyramid level nearest the asked resolution, not finer than it
             fit_level = slide.best_level_for_downsample(mpp / slide.mpp[0]) if slide.mpp else 0
         else:
             fit_level = level or 0
-        tiles = sample_slide_tiles(slide, mask, fit_level, fit_config)
+        tiles = sample_slide_tiles(slide, ctx.tissue, fit_level, fit_config)
         if not tiles:
             raise PathgenError("no tissue tile to fit the SAASN stain map on", slide_path)
         try:
-            fn = norm.fit_stain_map(tiles, strength, seed=fit_config.seed)
+            stain_map = norm.fit_stain_map(tiles, run_strength, seed=fit_config.seed)
         except PathgenError as err:
             raise PathgenError(err.problem, err.path or slide_path) from err
-        record["fit_level"] = fit_level
-        cfg = _engine_config(tile_size, 0, batch_size, str(norm.device))  # a pointwise map needs no halo
-        record["stain_map"] = fn.to_dict()
-    run_before, glass_before = norm.windows_run, norm.windows_glass  # windows painted in the slide pass only
-    report = run_slide(slide, fn, output, out_channels=3, out_dtype=np.uint8, level=level, mpp=mpp, cfg=cfg,
-                       tissue=None, overwrite=overwrite, quality=quality, compression=compression,
-                       progress_desc="SAASN normalising", description="pathgen SAASN stain normalisation")
-    report.extra["generator_windows"] = norm.windows_run - run_before
-    report.extra["glass_windows"] = norm.windows_glass - glass_before
-    save_run_config(output, {"method": "saasn", "checkpoint": norm.checkpoint, "slide": str(slide_path),
-                             "tile_size": tile_size, "overlap": cfg.overlap, "batch_size": batch_size, "level": level,
-                             "mpp": mpp, "skip_background": norm.skip_glass, "device": str(norm.device),
-                             "windows": report.windows, **record, **report.extra})
+        config.update(strength=run_strength, fit_level=fit_level, fit=fit_config, stain_map=stain_map.to_dict())
+        counts.update(run=norm.windows_run, glass=norm.windows_glass)  # count the slide pass only, not the fit
+        # a pointwise map needs no halo; glass keeps its colour through the map, nothing is skipped
+        return TileMethod(name="saasn", fn=stain_map, halo=0, skip_background=False, default_threads=1,
+                          compression=compression, config=config,
+                          description="pathgen SAASN stain normalisation")
+
+    report = run_slide_job(slide_path, output, prepare, engine or EngineConfig(overlap=None, batch_size=4),
+                           level=None if mpp is not None else level, mpp=mpp, overwrite=overwrite, resume=resume,
+                           quality=quality, seed=fit_config.seed, progress_desc="SAASN normalising")
+    norm = counts["norm"]
+    report.extra["generator_windows"] = norm.windows_run - counts["run"]
+    report.extra["glass_windows"] = norm.windows_glass - counts["glass"]
     return report
 
 

@@ -24,6 +24,7 @@ make the result depend on the tiling.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import threading
@@ -32,32 +33,40 @@ from pathlib import Path
 
 import numpy as np
 
-from pathgen.engine import ArraySource, EngineConfig, SlideSource, iter_stitched_rows
+from pathgen.engine import ArraySource, EngineConfig, TileGrid, iter_stitched_rows
 from pathgen.errors import PathgenError
+from pathgen.nucleus_types import NUCLEUS_TYPES
 
 LOCAL_BITS = 4096  # nuclei per window
 TYPE_BITS = 8  # types 0..7
 
 
+#: Halo around each window's core when the user gives none: wider than the largest nucleus (32 µm at 0.5 µm/px).
+HALO = 64
+
+
+def _default_engine() -> EngineConfig:
+    return EngineConfig(overlap=None, batch_size=4, device="cpu")
+
+
 @dataclass
 class SegmentConfig:
-    """Tiling and post-processing of a segmentation run (saved with the outputs)."""
+    """Tiling (the engine's options) and post-processing of a segmentation run (saved with the outputs)."""
 
-    tile_size: int = 512
-    overlap: int = 64
-    batch_size: int = 4
-    device: str = "cpu"
-    workers: int | None = None
-    scheduler: str | None = None
-    threads: int | None = None
-    skip_background: bool = True
+    engine: EngineConfig = field(default_factory=_default_engine)
     min_area: int | None = None  # override the checkpoint's post-processing minimum nucleus area (px)
     min_haematoxylin: float | None = None  # override the checkpoint's stain check (0 = off)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.min_haematoxylin is not None and not 0.0 <= self.min_haematoxylin < 1.0:
-            raise PathgenError(f"--min-haematoxylin must lie in [0, 1), got {self.min_haematoxylin}")
+            raise PathgenError(f"the stain check's threshold must lie in [0, 1), got {self.min_haematoxylin}",
+                               param="min_haematoxylin")
+
+    @property
+    def halo(self) -> int:
+        """The halo windows get: the engine's overlap when given, else :data:`HALO`."""
+        return HALO if self.engine.overlap is None else int(self.engine.overlap)
 
 
 def encode_ids(window: int, local: np.ndarray, types: np.ndarray) -> np.ndarray:
@@ -113,6 +122,7 @@ class SegmentTiles:
 
     def __call__(self, batch: np.ndarray, origins: list[tuple[int, int]]):
         from shapely import affinity
+        from shapely.geometry import mapping
 
         from pathgen.io.annotations import instance_polygons
         from pathgen.segment.infer import segment_tile_batch
@@ -147,8 +157,8 @@ class SegmentTiles:
             recs = []
             for i in np.flatnonzero(own):
                 label = int(i + 1)
-                geom = affinity.affine_transform(polys[label], [self.scale[0], 0, 0, self.scale[1],
-                                                                x0 * self.scale[0], y0 * self.scale[1]])
+                geom = mapping(affinity.affine_transform(polys[label], [self.scale[0], 0, 0, self.scale[1],
+                                                                        x0 * self.scale[0], y0 * self.scale[1]]))
                 recs.append({"code": int(codes[label]), "cx": (x0 + cx[i]) * self.scale[0],
                              "cy": (y0 + cy[i]) * self.scale[1], "area": int(area[i]), "type": int(types[i]),
                              "prob": float(nuc.type_probs[i]) if len(nuc.type_probs) == n else 1.0,
@@ -157,47 +167,44 @@ class SegmentTiles:
         return out, records
 
 
-class _RecordSpool:
-    """Per-nucleus records appended to a JSON-lines file as tiles finish (polygons as GeoJSON geometry), read back
-    once at the end: memory holds one tile's records, not the slide's."""
+class RenumberRows:
+    """Row filter of the slide job: encoded ids → 1..n in raster order of first appearance (int32 rows).
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = open(path, "w")
+    The table only grows, so its state for a resumable job is the codes added since the last call of
+    :meth:`state`; :meth:`restore` replays them.
+    """
 
-    def extend(self, records: list[dict]) -> None:
-        from shapely.geometry import mapping
+    def __init__(self):
+        self.lut: dict[int, int] = {}
+        self.types: dict[int, int] = {}
+        self._order: list[int] = []
+        self._saved = 0
 
-        for r in records:
-            self._fh.write(json.dumps({**r, "geometry": mapping(r["geometry"])}) + "\n")
+    def _add(self, code: int) -> int:
+        self.lut[code] = len(self.lut) + 1
+        self.types[self.lut[code]] = code % TYPE_BITS
+        self._order.append(code)
+        return self.lut[code]
 
-    def close(self) -> None:
-        self._fh.close()
+    def __call__(self, rows):
+        for block in rows:
+            flat = block[..., 0]
+            u, inv = np.unique(flat, return_inverse=True)
+            mapped = np.empty(len(u), np.int64)
+            for j, code in enumerate(u.tolist()):
+                mapped[j] = 0 if code == 0 else self.lut[code] if code in self.lut else self._add(code)
+            yield mapped[inv].reshape(flat.shape).astype(np.int32)
 
-    def read(self):
-        with open(self.path) as fh:
-            for line in fh:
-                yield json.loads(line)
+    def state(self) -> list[int]:
+        new, self._saved = self._order[self._saved:], len(self._order)
+        return new
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _renumber_rows(rows, lut: dict[int, int], types: dict[int, int]):
-    """Map encoded ids to 1..n in raster order of first appearance; yields int32 rows."""
-    for block in rows:
-        flat = block[..., 0]
-        u, inv = np.unique(flat, return_inverse=True)
-        mapped = np.empty(len(u), np.int64)
-        for j, code in enumerate(u.tolist()):
-            if code == 0:
-                mapped[j] = 0
-                continue
-            if code not in lut:
-                lut[code] = len(lut) + 1
-                types[lut[code]] = code % TYPE_BITS
-            mapped[j] = lut[code]
-        yield mapped[inv].reshape(flat.shape).astype(np.int32)
+    def restore(self, states: list) -> None:
+        for delta in states:
+            for code in delta or ():
+                if code not in self.lut:
+                    self._add(int(code))
+        self._saved = len(self._order)
 
 
 def _min_haematoxylin(checkpoint, config: SegmentConfig) -> float:
@@ -233,128 +240,130 @@ def _stain_reference(slide, tissue, checkpoint, config: SegmentConfig):
 
 def segment(input_path: str | os.PathLike, output_dir: str | os.PathLike, checkpoint: str | os.PathLike,
             config: SegmentConfig = SegmentConfig(), slide_mpp: float | None = None, overwrite: bool = False,
-            tissue=None) -> dict:
+            resume: bool = True) -> dict:
     """Segment and type the nuclei of a slide or image into ``output_dir`` (see the module docstring).
 
-    The slide is read at the model's mpp (resampled when the slide's differs). Returns the summary written to
-    ``segment.json``.
+    The slide is read at the model's mpp (resampled when the slide's differs). The run goes through
+    :func:`pathgen.engine.job.run_slide_job`: a killed run resumes with the same call. Returns the summary written
+    to ``segment.json``.
     """
-    import tifffile
-
-    from pathgen.io.records import save_run_config
-    from pathgen.io.atomic import atomic_path
+    from pathgen.engine.job import TileMethod, run_slide_job
     from pathgen.io.checkpoint import checkpoint_sha256
-    from pathgen.io.pyramid import write_pyramid
-    from pathgen.nucleus_types import NUCLEUS_TYPES
+    from pathgen.io.journal import job_folder
     from pathgen.segment.checkpoint import read_checkpoint_config
-    from pathgen.io.slide import open_slide
-    from pathgen.engine.tissue import tissue_mask
 
     out = Path(output_dir)
     names = ("instances.tif", "classes.tif", "nuclei.geojson", "nuclei.csv")
     if out.exists() and not out.is_dir():
         raise PathgenError("output must be a folder", out)
-    if out.exists() and not overwrite and any((out / n).exists() for n in names):
-        raise PathgenError("output folder already holds segmentation results (use --overwrite)", out)
+    resuming = job_folder(out / names[0]).is_dir()
+    if out.exists() and not overwrite and not resuming and any((out / n).exists() for n in names):
+        raise PathgenError("output folder already holds segmentation results", out, param="overwrite")
     if not out.parent.exists():
         raise PathgenError("output folder's parent does not exist", out.parent)
     model_mpp = float(read_checkpoint_config(checkpoint)["model"].get("mpp", 0.5))
+    renumber = RenumberRows()
+    facts: dict = {}
+
+    def model_resolution(slide) -> float | None:
+        if slide.mpp is None:
+            raise PathgenError(f"slide has no pixel size (mpp); the model works at {model_mpp} µm/px: give the "
+                               "slide's", input_path, param="slide_mpp")
+        return None if abs(slide.mpp[0] - model_mpp) / model_mpp < 0.05 else model_mpp
+
+    def prepare(ctx) -> TileMethod:
+        source, halo = ctx.source, config.halo
+        grid = TileGrid(source.width, source.height, ctx.engine.tile_size, halo)
+        if len(grid) >= 2 ** 31 // (LOCAL_BITS * TYPE_BITS):
+            raise PathgenError(f"too many tiles ({len(grid)}) for the id encoding; use larger tiles", input_path,
+                               param="tile_size")
+        stain, stain_check = _stain_reference(ctx.slide, ctx.tissue, checkpoint, config)
+        facts.update(stain_check=stain_check, rows=grid.ny)
+        fn = SegmentTiles(str(checkpoint), ctx.engine.tile_size, halo, grid.nx, ctx.engine.device,
+                          source.level0_per_px, config.min_area, stain, config.min_haematoxylin)
+        return TileMethod(name="hovernet", fn=fn, halo=HALO, out_channels=1, out_dtype=np.int64, blend="max",
+                          background=0, skip_background=ctx.slide.level_count > 1, compression="zlib",
+                          downsample="nearest", rows=renumber, written_dtype=np.int32, keep_records=True,
+                          config={"checkpoint": str(checkpoint), "min_area": config.min_area,
+                                  "min_haematoxylin": config.min_haematoxylin, "stain_check": stain_check,
+                                  **config.extra})
+
+    def finish(report, journal) -> dict:
+        out_mpp = report.mpp
+        _write_classes(out / "instances.tif", out / "classes.tif", renumber, out_mpp)
+        _write_tables(journal.iter_records(facts["rows"]), renumber, out_mpp, out / "nuclei.csv",
+                      out / "nuclei.geojson")
+        counts: dict[str, int] = {}
+        table = {t.id: t for t in NUCLEUS_TYPES}
+        for t in renumber.types.values():
+            key = table[t].name if t in table and t else "unclassified"
+            counts[key] = counts.get(key, 0) + 1
+        return {"nuclei": len(renumber.lut), "per_type": counts, "mpp": None if out_mpp is None else list(out_mpp),
+                "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
+                "stain_check": facts["stain_check"], "outputs": list(names)}
+
     created = not out.exists()
     out.mkdir(exist_ok=True)
-    spool_path = out / ".nuclei.spool.jsonl"
     done = False
     try:
-        slide = open_slide(input_path, mpp=slide_mpp)
-        with slide:
-            if slide.mpp is None:
-                raise PathgenError(f"slide has no pixel size (mpp); the model works at {model_mpp} µm/px — "
-                                   "pass --mpp", input_path)
-            close = abs(slide.mpp[0] - model_mpp) / model_mpp < 0.05
-            source = SlideSource(slide, level=0) if close else SlideSource(slide, level=None, mpp=model_mpp)
-            if tissue is None and config.skip_background and slide.level_count > 1:
-                tissue = tissue_mask(slide)
-            cfg = EngineConfig(tile_size=config.tile_size, overlap=config.overlap, batch_size=config.batch_size,
-                               blend="max", workers=config.workers, scheduler=config.scheduler, threads=config.threads,
-                               device=config.device, skip_background=config.skip_background, background=0)
-            from pathgen.engine import RunReport, TileGrid
-
-            grid = TileGrid(source.width, source.height, config.tile_size, config.overlap)
-            if len(grid) >= 2 ** 31 // (LOCAL_BITS * TYPE_BITS):
-                raise PathgenError(f"too many tiles ({len(grid)}) for the id encoding; use a larger --tile-size",
-                                   input_path)
-            stain, stain_check = _stain_reference(slide, tissue, checkpoint, config)
-            fn = SegmentTiles(str(checkpoint), config.tile_size, config.overlap, grid.nx, config.device,
-                              source.level0_per_px, config.min_area, stain, config.min_haematoxylin)
-            spool = _RecordSpool(spool_path)
-            lut: dict[int, int] = {}
-            types: dict[int, int] = {}
-            report = RunReport()
-            rows = iter_stitched_rows(source, fn, 1, np.int64, cfg, tissue=tissue, progress_desc="segment",
-                                      record_sink=spool.extend, report=report)
-            out_mpp = source.out_mpp
-            write_pyramid(out / "instances.tif", _renumber_rows(rows, lut, types), (source.height, source.width, 1),
-                          dtype=np.int32, compression="zlib", mpp=out_mpp, overwrite=True, inputs=(input_path,),
-                          downsample="nearest")
-        # class pyramid from the instance pyramid just written (no second pass over the slide)
-        type_lut = np.zeros(len(lut) + 1, np.uint8)
-        for k, t in types.items():
-            type_lut[k] = t
-        with tifffile.TiffFile(out / "instances.tif") as tif:
-            page = tif.pages[0]
-            store = page.aszarr()
-            import zarr
-
-            arr = zarr.open(store, mode="r")
-            h, w = page.shape[:2]
-            step = 512
-            blocks = (type_lut[np.asarray(arr[y:y + step])] for y in range(0, h, step))
-            write_pyramid(out / "classes.tif", blocks, (h, w), dtype=np.uint8, compression="zlib", mpp=out_mpp,
-                          overwrite=True, downsample="nearest")
-        # GeoJSON and CSV, with the renumbered ids, streamed from the spool (a slide holds hundreds of thousands of
-        # nuclei: their polygons never sit in memory together)
-        table = {t.id: t for t in NUCLEUS_TYPES}
-        area_um2 = float(out_mpp[0] * out_mpp[1]) if out_mpp else None
-        spool.close()
-        with atomic_path(out / "nuclei.csv", overwrite=True) as tmp_csv, \
-                atomic_path(out / "nuclei.geojson", overwrite=True) as tmp_gj:
-            with open(tmp_csv, "w", newline="") as fh, open(tmp_gj, "w") as gj:
-                wr = csv.writer(fh)
-                wr.writerow(["id", "centroid_x", "centroid_y", "area_px", "area_um2", "type", "type_name",
-                             "probability"])
-                gj.write('{"type": "FeatureCollection", "features": [')
-                first = True
-                for r in spool.read():
-                    nid = lut.get(r["code"])
-                    if nid is None:  # a nucleus the stitching dropped (owned elsewhere / cut away)
-                        continue
-                    name = table[r["type"]].name if r["type"] in table and r["type"] else ""
-                    wr.writerow([nid, f"{r['cx']:.2f}", f"{r['cy']:.2f}", r["area"],
-                                 "" if area_um2 is None else f"{r['area'] * area_um2:.2f}", r["type"], name,
-                                 f"{r['prob']:.4f}"])
-                    props = {"objectType": "detection", "id": nid, "type": r["type"], "probability": r["prob"]}
-                    if r["type"] in table and r["type"]:
-                        props["classification"] = {"name": table[r["type"]].name, "color": list(table[r["type"]].color)}
-                    feature = {"type": "Feature", "id": f"nucleus-{nid}", "geometry": r["geometry"],
-                               "properties": props}
-                    gj.write(("" if first else ",") + "\n" + json.dumps(feature))
-                    first = False
-                gj.write("\n]}\n")
-        spool.remove()
-        counts = {table[t].name if t in table and t else "unclassified": 0 for t in set(types.values())}
-        for t in types.values():
-            counts[table[t].name if t in table and t else "unclassified"] += 1
-        summary = {"input": str(Path(input_path).resolve()), "nuclei": len(lut), "per_type": counts,
-                   "mpp": None if out_mpp is None else list(out_mpp), "shape": [int(source.height), int(source.width)],
-                   "checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_sha256(checkpoint),
-                   "windows": report.windows, "processed": report.processed, "skipped": report.skipped,
-                   "stain_check": stain_check, "outputs": list(names)}
-        save_run_config(out, config, extra=summary, json_path=out / "segment.json")
+        report = run_slide_job(input_path, out / names[0], prepare, config.engine, mpp=model_resolution,
+                               slide_mpp=slide_mpp, overwrite=True, resume=resume, record_path=out / "segment.json",
+                               finish=finish, progress_desc="segment")
         done = True
     finally:
-        spool_path.unlink(missing_ok=True)  # the spool never outlives the run, failed or not
         if created and not done and not any(out.iterdir()):
-            out.rmdir()  # a failed run leaves no empty folder behind (one it did not create stays)
-    return summary
+            out.rmdir()  # a run that failed before any work leaves no empty folder (one it did not create stays)
+    return report.record
+
+
+def _write_classes(instances: Path, classes: Path, renumber: RenumberRows, mpp) -> None:
+    """The class pyramid, from the instance pyramid just written (no second pass over the slide)."""
+    import tifffile
+    import zarr
+
+    from pathgen.io.pyramid import write_pyramid
+
+    type_lut = np.zeros(len(renumber.lut) + 1, np.uint8)
+    for k, t in renumber.types.items():
+        type_lut[k] = t
+    with tifffile.TiffFile(instances) as tif:
+        page = tif.pages[0]
+        arr = zarr.open(page.aszarr(), mode="r")
+        h, w = page.shape[:2]
+        blocks = (type_lut[np.asarray(arr[y:y + 512])] for y in range(0, h, 512))
+        write_pyramid(classes, blocks, (h, w), dtype=np.uint8, compression="zlib", mpp=mpp, overwrite=True,
+                      downsample="nearest")
+
+
+def _write_tables(records, renumber: RenumberRows, mpp, csv_path: Path, geojson_path: Path) -> None:
+    """``nuclei.csv`` and ``nuclei.geojson`` with the final ids, streamed from the job's records (a slide holds
+    hundreds of thousands of nuclei: their polygons never sit in memory together)."""
+    from pathgen.io.atomic import atomic_path
+
+    table = {t.id: t for t in NUCLEUS_TYPES}
+    area_um2 = float(mpp[0] * mpp[1]) if mpp else None
+    with atomic_path(csv_path, overwrite=True) as tmp_csv, atomic_path(geojson_path, overwrite=True) as tmp_gj:
+        with open(tmp_csv, "w", newline="") as fh, open(tmp_gj, "w") as gj:
+            wr = csv.writer(fh)
+            wr.writerow(["id", "centroid_x", "centroid_y", "area_px", "area_um2", "type", "type_name",
+                         "probability"])
+            gj.write('{"type": "FeatureCollection", "features": [')
+            first = True
+            for r in records:
+                nid = renumber.lut.get(r["code"])
+                if nid is None:  # a nucleus the stitching dropped (owned elsewhere / cut away)
+                    continue
+                name = table[r["type"]].name if r["type"] in table and r["type"] else ""
+                wr.writerow([nid, f"{r['cx']:.2f}", f"{r['cy']:.2f}", r["area"],
+                             "" if area_um2 is None else f"{r['area'] * area_um2:.2f}", r["type"], name,
+                             f"{r['prob']:.4f}"])
+                props = {"objectType": "detection", "id": nid, "type": r["type"], "probability": r["prob"]}
+                if r["type"] in table and r["type"]:
+                    props["classification"] = {"name": table[r["type"]].name, "color": list(table[r["type"]].color)}
+                feature = {"type": "Feature", "id": f"nucleus-{nid}", "geometry": r["geometry"], "properties": props}
+                gj.write(("" if first else ",") + "\n" + json.dumps(feature))
+                first = False
+            gj.write("\n]}\n")
 
 
 def segment_array(image: np.ndarray, checkpoint: str | os.PathLike, config: SegmentConfig = SegmentConfig()
@@ -365,28 +374,23 @@ def segment_array(image: np.ndarray, checkpoint: str | os.PathLike, config: Segm
     -------
     instances : (H, W) int32, 1..n in raster order of first appearance
     types : dict id → type
-    records : per-nucleus dicts (centroid, area, type, probability, polygon) with the new ids under ``"id"``
+    records : per-nucleus dicts (centroid, area, type, probability, polygon as GeoJSON geometry) with the new
+        ids under ``"id"``
     """
-    image = np.asarray(image)
-    src = ArraySource(image)
-    from pathgen.engine import TileGrid
-
-    grid = TileGrid(image.shape[1], image.shape[0], config.tile_size, config.overlap)
     from pathgen.segment.infer import fit_haematoxylin_reference
 
+    image = np.asarray(image)
+    src = ArraySource(image)
+    tile, halo = config.engine.tile_size, config.halo
+    grid = TileGrid(image.shape[1], image.shape[0], tile, halo)
     stain = fit_haematoxylin_reference(image) if _min_haematoxylin(checkpoint, config) > 0 else None
-    fn = SegmentTiles(str(checkpoint), config.tile_size, config.overlap, grid.nx, config.device,
-                      (1.0, 1.0), config.min_area, stain, config.min_haematoxylin)
-    cfg = EngineConfig(tile_size=config.tile_size, overlap=config.overlap, batch_size=config.batch_size,
-                       blend="max", threads=config.threads or 1, background=0, skip_background=False)
+    fn = SegmentTiles(str(checkpoint), tile, halo, grid.nx, config.engine.device, (1.0, 1.0), config.min_area,
+                      stain, config.min_haematoxylin)
+    cfg = dataclasses.replace(config.engine, overlap=halo, blend="max", threads=config.engine.threads or 1,
+                              background=0, skip_background=False)
     records: list[dict] = []
-    lut: dict[int, int] = {}
-    types: dict[int, int] = {}
+    renumber = RenumberRows()
     rows = iter_stitched_rows(src, fn, 1, np.int64, cfg, quiet=True, record_sink=records.extend)
-    inst = np.concatenate(list(_renumber_rows(rows, lut, types)))
-    kept = []
-    for r in records:
-        if r["code"] in lut:
-            kept.append({**r, "id": lut[r["code"]]})
-    return inst, types, kept
-
+    inst = np.concatenate(list(renumber(rows)))
+    kept = [{**r, "id": renumber.lut[r["code"]]} for r in records if r["code"] in renumber.lut]
+    return inst, renumber.types, kept

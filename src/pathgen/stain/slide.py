@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from pathgen.engine import EngineConfig, RunReport, run_slide
+from pathgen.engine import EngineConfig
+from pathgen.engine.job import JobReport, SlideContext, TileMethod, run_slide_job
 from pathgen.errors import PathgenError
 from pathgen.engine.tissue import TissueConfig, TissueMask, tissue_mask
 
@@ -113,47 +113,40 @@ class NormalizeTiles:
         return self.normalizer.transform(batch, per_tile=self.per_tile)
 
 
+#: Blended halo of per-tile fits (each tile's own colours fade into its neighbour's across 2 × 32 px).
+PER_TILE_HALO = 32
+
+
 def normalize_slide(input_path: str | os.PathLike, output: str | os.PathLike, normalizer, *, per_tile: bool = False,
                     level: int = 0, mpp: float | None = None, engine: EngineConfig | None = None,
                     fit_config: SlideFitConfig = SlideFitConfig(), compression: str = "jpeg", quality: int = 90,
-                    overwrite: bool = False, slide_mpp: float | None = None, skip_background: bool = True
-                    ) -> RunReport:
+                    overwrite: bool = False, slide_mpp: float | None = None, skip_background: bool = True,
+                    resume: bool = True) -> JobReport:
     """Normalise a whole slide into a pyramidal TIFF (or OME-Zarr) with a fitted-target ``normalizer``.
 
     The source is fitted once from tissue sampled across the slide (unless ``per_tile``), then every tile is
-    transformed with those numbers; an ``engine.overlap`` of None means 0 for the slide-level fit (the transform
-    is pointwise, so tiles join exactly) and 32 px of blended halo for per-tile fits. Windows without tissue are filled with the target
-    background (``skip_background``). A JSON beside the output records the source and target fits, the settings,
-    versions and seed.
+    transformed with those numbers: the transform is pointwise, so tiles need no halo; per-tile fits blend a halo
+    of 32 px (an ``engine.overlap`` given by the user wins). Windows without tissue are filled with the target
+    background (``skip_background``). The run goes through :func:`pathgen.engine.job.run_slide_job` (resumable);
+    a JSON beside the output records the source and target fits, the settings, versions and seed.
     """
-    from pathgen.io.records import save_run_config
-    from pathgen.io.atomic import check_output
-    from pathgen.io.slide import open_slide
-
     if normalizer.target is None:
         raise PathgenError("the normaliser has no target; call fit_target() first")
-    check_output(output, overwrite=overwrite, inputs=(input_path,))
-    engine = engine or EngineConfig(tile_size=512, overlap=None, batch_size=4)
-    with open_slide(input_path, mpp=slide_mpp) as slide:
-        mask = tissue_mask(slide, fit_config.tissue)
+
+    def prepare(ctx: SlideContext) -> TileMethod:
+        mask = ctx.tissue
         if not mask.mask.any():
             raise PathgenError("no tissue detected", input_path)
         if not per_tile:
-            normalizer.source = fit_slide(slide, normalizer, level=level, config=fit_config, mask=mask)
+            normalizer.source = fit_slide(ctx.slide, normalizer, level=level, config=fit_config, mask=mask)
         i0 = normalizer.target.i0 if normalizer.target.i0 is not None else np.array([255.0] * 3)
-        overrides = {"skip_background": skip_background,
-                     "background": tuple(float(v) for v in np.asarray(i0).reshape(-1)[:3])}
-        if not per_tile and engine.overlap is None:
-            # one fit for the whole slide makes the transform pointwise: tiles need no halo and no blending
-            overrides["overlap"] = 0
-        elif engine.overlap is None:
-            overrides["overlap"] = 32
-        cfg = EngineConfig(**{**engine.__dict__, **overrides})
-        report = run_slide(slide, NormalizeTiles(normalizer, per_tile), output, level=None if mpp else level, mpp=mpp,
-                           cfg=cfg, tissue=mask, compression=compression, quality=quality, overwrite=overwrite,
-                           progress_desc=f"normalize ({normalizer.method})")
-    save_run_config(output, {"engine": cfg, "fit": fit_config, "per_tile": per_tile, "level": level, "mpp": mpp,
-                             "normalizer": normalizer.to_dict()}, seed=fit_config.seed,
-                    extra={"input": str(Path(input_path).resolve()), "windows": report.windows,
-                           "processed": report.processed, "skipped": report.skipped})
-    return report
+        return TileMethod(name=normalizer.method, fn=NormalizeTiles(normalizer, per_tile),
+                          halo=PER_TILE_HALO if per_tile else 0,
+                          background=tuple(float(v) for v in np.asarray(i0).reshape(-1)[:3]),
+                          skip_background=skip_background, compression=compression,
+                          config={"normalizer": normalizer.to_dict(), "fit": fit_config, "per_tile": per_tile})
+
+    return run_slide_job(input_path, output, prepare, engine or EngineConfig(overlap=None, batch_size=4),
+                         level=None if mpp else level, mpp=mpp, slide_mpp=slide_mpp, overwrite=overwrite,
+                         resume=resume, quality=quality, tissue_config=fit_config.tissue, seed=fit_config.seed,
+                         progress_desc=f"normalize ({normalizer.method})")
