@@ -56,16 +56,10 @@ NORMALIZER_FORMAT = "pathgen.stain-normalizer/1"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> CUDA when available else CPU; "cuda" without a GPU is a user error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PathgenError("--device cuda asked for but no CUDA device is available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise PathgenError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+    """The torch device of a name (``auto`` → CUDA when available, else CPU), checked once by the engine's rule."""
+    from pathgen.engine import resolve_device as engine_device
+
+    return torch.device(engine_device(str(device)))
 
 
 class StainNormalizer:
