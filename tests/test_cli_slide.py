@@ -152,6 +152,18 @@ def test_bad_input_one_line_error(tmp_path, make_slide, capsys, case):
     assert not [p for p in tmp_path.rglob("*.part")]
 
 
-def test_debug_shows_traceback(tmp_path, capsys):
-    with pytest.raises(Exception):
-        main(["convert", str(tmp_path / "nope.svs"), "-o", str(tmp_path / "x.tiff"), "--debug"])
+def test_debug_shows_traceback(tmp_path):
+    """The console script prints one line without --debug and the full traceback with it (anywhere on the line)."""
+    import subprocess
+    import sys
+
+    script = "import sys; from pathgen.cli import run; sys.argv[0] = 'pathgen'; run()"
+    args = ["convert", str(tmp_path / "nope.svs"), "-o", str(tmp_path / "x.tiff")]
+    plain = subprocess.run([sys.executable, "-c", script] + args, capture_output=True, text=True)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [f"pathgen: error: {tmp_path / 'nope.svs'}: no such file"]
+    debug = subprocess.run([sys.executable, "-c", script] + args + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert "pathgen.errors.PathgenError" in debug.stderr and "nope.svs: no such file" in debug.stderr
+    assert "open_slide" in debug.stderr  # the frames of the library call, not just the message

@@ -24,7 +24,7 @@ def check_output(target: str | os.PathLike, overwrite: bool = False, inputs: tup
     if t.is_dir():
         raise PathgenError("output path is a directory", t)
     if t.exists() and not overwrite:
-        raise PathgenError("output exists (use --overwrite to replace it)", t)
+        raise PathgenError("output exists", t, param="overwrite")
     parent = t.parent if str(t.parent) else Path(".")
     if not parent.exists():
         raise PathgenError("output folder does not exist", parent)
@@ -72,7 +72,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
 
     t = Path(target)
     if t.exists() and not overwrite:
-        raise PathgenError("output exists (use --overwrite to replace it)", t)
+        raise PathgenError("output exists", t, param="overwrite")
     parent = t.parent
     if not parent.exists():
         raise PathgenError("output folder does not exist", parent)

@@ -306,7 +306,7 @@ def load_label_pairs(true_path: str | os.PathLike, pred_path: str | os.PathLike,
     if not p.exists():
         raise PathgenError("no such file or folder", p)
     if t.is_dir() != p.is_dir():
-        raise PathgenError("--true and --pred must both be files or both be folders", p)
+        raise PathgenError("the true and predicted labels must both be files or both be folders", p)
     if not t.is_dir():
         return _read_pair(t, p, layout, t.stem)
     pairs = []

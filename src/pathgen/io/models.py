@@ -24,5 +24,6 @@ def shipped_model(kind: str) -> Path:
         raise PathgenError(f"no shipped model of kind {kind!r} (have: {', '.join(SHIPPED)})")
     path = models_dir() / SHIPPED[kind]
     if not path.is_dir():
-        raise PathgenError(f"the shipped {kind} model is missing; pass --checkpoint RUN or set PATHGEN_MODELS", path)
+        raise PathgenError(f"the shipped {kind} model is missing; give a checkpoint or set PATHGEN_MODELS", path,
+                          param="checkpoint")
     return path

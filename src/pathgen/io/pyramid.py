@@ -353,7 +353,8 @@ class PyramidSpec:
         if self.compression not in RGB_CODECS:
             raise PathgenError(f"unknown compression {self.compression!r} (choose {', '.join(RGB_CODECS)})", path)
         if self.compression == "jpeg" and (np.dtype(self.dtype) != np.uint8 or c not in (1, 3)):
-            raise PathgenError("JPEG needs 8-bit grey or RGB; use --compression zlib for labels", path)
+            raise PathgenError("JPEG needs 8-bit grey or RGB; write labels losslessly (zlib)", path,
+                               param="compression")
         if not 1 <= self.quality <= 100:
             raise PathgenError(f"quality must be in 1..100, got {self.quality}", path)
 
@@ -567,7 +568,7 @@ def _output_dir(target: Path, overwrite: bool, journal) -> Iterator[Path]:
             yield tmp
         return
     if target.exists() and not overwrite:
-        raise PathgenError("output exists (use --overwrite to replace it)", target)
+        raise PathgenError("output exists", target, param="overwrite")
     tmp = journal.path("out.zarr")
     if tmp.exists():
         shutil.rmtree(tmp)  # rebuilt from the stored bands

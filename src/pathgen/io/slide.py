@@ -484,7 +484,7 @@ class Slide:
         if mpp is not None:
             m = (float(mpp), float(mpp)) if np.isscalar(mpp) else (float(mpp[0]), float(mpp[1]))
             if not (m[0] > 0 and m[1] > 0):
-                raise PathgenError(f"--mpp must be positive, got {mpp}", self.path)
+                raise PathgenError(f"pixel size must be positive, got {mpp}", self.path, param="mpp")
             self._mpp, self._mpp_source = m, "override"
         else:
             self._mpp, self._mpp_source = self._b.mpp, self._b.mpp_source
@@ -562,7 +562,7 @@ class Slide:
 
     def require_mpp(self) -> tuple[float, float]:
         if self._mpp is None:
-            raise PathgenError("slide has no pixel size (mpp); pass --mpp", self.path)
+            raise PathgenError("slide has no pixel size (mpp): give it", self.path, param="mpp")
         return self._mpp
 
     def level_mpp(self, level: int) -> tuple[float, float] | None:

@@ -85,9 +85,9 @@ def _require_classes(samples: list[tuple[str, LabelSample, LabelSample]]) -> Non
     for name, t, p in samples:
         for side, s in (("ground truth", t), ("prediction", p)):
             if s.classes is None:
-                raise PathgenError(f"--classes needs class information, but the {side} of image {name!r} has "
+                raise PathgenError(f"class scores need class information, but the {side} of image {name!r} has "
                                    "none (use CoNIC (H, W, 2), PanNuke channels, .mat with inst_type, or GeoJSON)",
-                                   s.source)
+                                   s.source, param="classes")
 
 
 def evaluate_instances(true_path: str | os.PathLike, pred_path: str | os.PathLike, classes: bool = False,
@@ -117,7 +117,7 @@ def evaluate_instances(true_path: str | os.PathLike, pred_path: str | os.PathLik
     if mode not in ("hovernet", "pannuke", "conic"):
         raise PathgenError(f"unknown mode {mode!r} (use hovernet, pannuke or conic)")
     if tissue_path is not None and mode != "pannuke":
-        raise PathgenError("--tissue applies to --mode pannuke only", tissue_path)
+        raise PathgenError("tissue types apply to the PanNuke mode only", tissue_path, param="tissue")
     pairs = load_label_pairs(true_path, pred_path)
     convention = "conic" if mode == "conic" else "hovernet"
     rows = []
@@ -212,7 +212,7 @@ def evaluate_semantic(true_path: str | os.PathLike, pred_path: str | os.PathLike
         if not q.exists():
             raise PathgenError("no such file or folder", q)
     if t.is_dir() != p.is_dir():
-        raise PathgenError("--true and --pred must both be files or both be folders", p)
+        raise PathgenError("the true and predicted labels must both be files or both be folders", p)
     file_pairs = pair_files(t, p) if t.is_dir() else [(t.stem, t, p)]
     names, t_maps, p_maps = [], [], []
     for _, tf, pf in file_pairs:
