@@ -91,7 +91,8 @@ def test_qc_slide_pair_and_report(real_svs, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     page = (tmp_path / "r.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # before, after, histogram
+    assert page.count("data:image/png;base64,") == 2  # before, after
+    assert page.count("<svg") == 1 and "grayscale SSIM of a tissue tile" in page  # the histogram, with axes
     expect = slide_pair_ssim(real_svs, out, tile=256, max_tiles=20)
     assert f"{expect.ssim:.4f} ± {expect.ssim_std:.4f}" in page
     assert "source (slide-level fit)" in page and "not recorded" not in page

@@ -1,4 +1,4 @@
-"""`pathgen run CONFIG.toml`: run a batch pipeline from its configuration file."""
+"""`pathgen run CONFIG.toml [MORE.toml ...]`: run batch pipelines from their configuration files."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 
 
-def run_pipeline(config: Path = typer.Argument(..., help="Pipeline configuration (TOML), e.g. pipelines/demo.toml.")
+def run_pipeline(configs: list[Path] = typer.Argument(..., help="Pipeline configurations (TOML), e.g. "
+                                                              "pipelines/normalize_cohort.toml; run in order.")
                  ) -> None:
-    """Run the pipeline a TOML file names (see the pipelines/ folder)."""
+    """Run the pipelines TOML files name (see the pipelines/ folder); each resumes what a killed run finished."""
     from pathgen.pipelines import run
 
-    run(config)
+    run(*configs)
 
 
 def register(app: typer.Typer) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pathgen.errors import PathgenError
+from pathgen.plots import histogram_svg
 
 
 @dataclass
@@ -122,33 +123,6 @@ def _png_data_uri(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def histogram_image(values: np.ndarray, bins: int = 30, size: tuple[int, int] = (480, 220),
-                    lo: float | None = None, hi: float = 1.0) -> np.ndarray:
-    """A bar chart of ``values`` (e.g. per-tile SSIM) drawn with Pillow, with axis labels."""
-    from PIL import Image, ImageDraw
-
-    w, h = size
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    values = np.asarray(values, float)
-    lo = float(min(values.min(), 0.9)) if lo is None and values.size else (lo if lo is not None else 0.0)
-    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
-    left, bottom, top = 40, h - 30, 12
-    d.line([(left, top), (left, bottom), (w - 10, bottom)], fill="black")
-    bw = (w - 10 - left) / bins
-    peak = max(int(counts.max()), 1)
-    for i, c in enumerate(counts):
-        x0 = left + i * bw
-        y0 = bottom - (bottom - top) * c / peak
-        d.rectangle([x0 + 1, y0, x0 + bw - 1, bottom], fill=(92, 60, 140))
-    d.text((left, bottom + 6), f"{lo:.3f}", fill="black")
-    d.text((w - 50, bottom + 6), f"{hi:.3f}", fill="black")
-    d.text((w // 2 - 40, bottom + 6), "SSIM per tile", fill="black")
-    d.text((4, top), str(peak), fill="black")
-    d.text((4, bottom - 10), "0", fill="black")
-    return np.asarray(img)
-
-
 def _swatch(vector) -> str:
     """CSS colour of a unit stain vector at a moderate concentration (Beer–Lambert, I0 = 255)."""
     od = np.asarray(vector, float) * 0.8
@@ -194,7 +168,8 @@ def build_report(source, normalised, output, tile: int = 256, max_tiles: int | N
     summary = {"source": str(source), "normalised": str(normalised), **res.as_dict()}
     summary.pop("per_tile")
     thumbs = [_png_data_uri(sa.thumbnail(700)), _png_data_uri(sb.thumbnail(700))]
-    hist = _png_data_uri(histogram_image(vals))
+    hist = histogram_svg(vals, xlabel="grayscale SSIM of a tissue tile (source vs. normalised)",
+                         range_=(float(min(vals.min(), 0.9)) if vals.size else 0.0, 1.0))
     method = norm.get("settings", {}).get("method") or norm.get("method") or meta.get("config", {}).get("method", "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pathgen QC — {html.escape(Path(normalised).name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#222}} .row{{display:flex;gap:16px;flex-wrap:wrap}}
@@ -215,7 +190,7 @@ margin-right:6px;vertical-align:middle;border:1px solid #888}} .big{{font-size:2
 <table><tr><th></th><th>haematoxylin</th><th>eosin</th><th>concentration percentiles</th><th>I0 (RGB)</th></tr>
 {_stain_rows(norm.get("source"), "source (slide-level fit)")}
 {_stain_rows(norm.get("target"), "target")}</table>
-<h2>Per-tile SSIM</h2><img src="{hist}">
+<h2>Per-tile SSIM</h2>{hist}
 <p>min {vals.min():.4f} · median {np.median(vals):.4f} · max {vals.max():.4f}. SSIM: SAASN's grayscale SSIM
 (0.299R+0.587G+0.114B, 11×11 Gaussian window σ=1.5, C1=(0.01·255)², C2=(0.03·255)²), between each tile of the
 source and the same tile of the output; it measures structure kept, not colour matched.</p>

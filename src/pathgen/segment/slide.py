@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathgen.engine import ArraySource, EngineConfig, TileGrid, iter_stitched_rows
+from pathgen.engine import ArraySource, EngineConfig, TileGrid, iter_stitched_rows, resolve_device
 from pathgen.errors import PathgenError
 from pathgen.nucleus_types import NUCLEUS_TYPES
 
@@ -384,8 +384,8 @@ def segment_array(image: np.ndarray, checkpoint: str | os.PathLike, config: Segm
     tile, halo = config.engine.tile_size, config.halo
     grid = TileGrid(image.shape[1], image.shape[0], tile, halo)
     stain = fit_haematoxylin_reference(image) if _min_haematoxylin(checkpoint, config) > 0 else None
-    fn = SegmentTiles(str(checkpoint), tile, halo, grid.nx, config.engine.device, (1.0, 1.0), config.min_area,
-                      stain, config.min_haematoxylin)
+    fn = SegmentTiles(str(checkpoint), tile, halo, grid.nx, resolve_device(config.engine.device), (1.0, 1.0),
+                      config.min_area, stain, config.min_haematoxylin)
     cfg = dataclasses.replace(config.engine, overlap=halo, blend="max", threads=config.engine.threads or 1,
                               background=0, skip_background=False)
     records: list[dict] = []

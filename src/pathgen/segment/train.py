@@ -360,67 +360,12 @@ def write_loss_log(history: list[dict], path: Path) -> None:
     write_text(path, buf.getvalue())
 
 
-def plot_loss_log(history: list[dict], path: Path, width: int = 800, height: int = 480) -> None:
-    """Line plot of training and validation loss (left axis) and validation PQ (right axis, 0..1) per epoch,
-    drawn with PIL (atomic write)."""
-    from PIL import Image, ImageDraw
+def plot_loss_log(history: list[dict], path: Path) -> None:
+    """Training and validation loss per epoch (left axis) and validation PQ (right axis), as a PNG written
+    atomically (:func:`pathgen.plots.training_curves`)."""
+    from pathgen.plots import training_curves
 
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    left, right, top, bottom = 70, width - 60, 40, height - 50
-    d.rectangle([left, top, right, bottom], outline="black")
-    d.text((left, 12), "HoVer-Net training", fill="black")
-    epochs = [r["epoch"] for r in history]
-    series = {"train loss": ([r["epoch"] for r in history], [r.get("train_loss") for r in history], (31, 119, 180)),
-              "val loss": ([r["epoch"] for r in history if r.get("val_loss") is not None],
-                           [r["val_loss"] for r in history if r.get("val_loss") is not None], (255, 127, 14))}
-    pq = ([r["epoch"] for r in history if _finite(r.get("val_pq"))],
-          [r["val_pq"] for r in history if _finite(r.get("val_pq"))], (44, 160, 44))
-    values = [v for _, ys, _ in series.values() for v in ys if _finite(v)]
-    if not epochs or not values:
-        d.text((left + 10, top + 10), "no epochs logged", fill="black")
-    else:
-        x0, x1 = min(epochs), max(max(epochs), min(epochs) + 1)
-        y0, y1 = 0.0, max(values) * 1.05 or 1.0
-
-        def px(e):
-            return left + (e - x0) / (x1 - x0) * (right - left)
-
-        def py(v, lo=y0, hi=y1):
-            return bottom - (v - lo) / (hi - lo) * (bottom - top)
-
-        for k in range(6):  # left-axis ticks and grid
-            v = y0 + (y1 - y0) * k / 5
-            y = py(v)
-            d.line([left, y, right, y], fill=(225, 225, 225))
-            d.text((8, y - 6), f"{v:.3g}", fill="black")
-            d.text((right + 6, y - 6), f"{k / 5:.1f}", fill=pq[2])
-        step = max(1, math.ceil((x1 - x0) / 10))  # at most ~10 integer epoch ticks
-        for e in range(x0, x1 + 1, step):
-            d.line([px(e), bottom, px(e), bottom + 4], fill="black")
-            d.text((px(e) - 4 * len(str(e)), bottom + 6), str(e), fill="black")
-        d.text(((left + right) // 2 - 20, bottom + 24), "epoch", fill="black")
-        for name, (xs, ys, colour) in series.items():
-            pts = [(px(x), py(y)) for x, y in zip(xs, ys) if _finite(y)]
-            _polyline(d, pts, colour)
-        _polyline(d, [(px(x), py(y, 0.0, 1.0)) for x, y in zip(pq[0], pq[1])], pq[2])
-        legend = list(series.items()) + ([("val PQ (right axis)", pq)] if pq[0] else [])
-        for k, (name, (_, _, colour)) in enumerate(legend):
-            y = top + 8 + 16 * k
-            d.line([right - 170, y + 6, right - 150, y + 6], fill=colour, width=3)
-            d.text((right - 145, y), name, fill="black")
-    with atomic_path(path, overwrite=True) as tmp:
-        img.save(tmp, format="PNG")
-
-
-def _polyline(d, pts, colour) -> None:
-    if len(pts) == 1:
-        x, y = pts[0]
-        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-    elif len(pts) > 1:
-        d.line(pts, fill=colour, width=2)
-        for x, y in pts:
-            d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    training_curves(history, path, title="HoVer-Net training")
 
 
 def _finite(v) -> bool:
