@@ -62,7 +62,7 @@ def instances(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """DICE1, DICE2, AJI, AJI+, DQ/SQ/PQ per image and their means; with --classes also typed scores."""
-    from pathgen.metrics.report import INSTANCE_KEYS, evaluate_instances, write_csv, write_json
+    from pathgen.metrics.report import INSTANCE_KEYS, evaluate_instances
 
     _check_outputs((true, pred), overwrite, json_out, csv_out)
     result = evaluate_instances(true, pred, classes=classes, mode=mode.value, tissue_path=tissue,
@@ -76,11 +76,19 @@ def instances(
         det = result["detection"]
         types = "  ".join(f"F1_{k} {_fmt(v)}" for k, v in det["f1_per_type"].items())
         typer.echo(f"F1_detection {_fmt(det['f1'])}  accuracy {_fmt(det['accuracy'])}  {types}".rstrip())
+    _write_outputs(result, json_out, csv_out, overwrite, (true, pred))
+
+
+def _write_outputs(result: dict, json_out: Optional[Path], csv_out: Optional[Path], overwrite: bool,
+                   inputs: tuple) -> None:
+    """The result as JSON (with its run record) and its per-image rows as CSV, where asked."""
+    from pathgen.metrics.report import write_csv, write_json
+
     if json_out is not None:
-        write_json(json_out, _with_record(result), overwrite=overwrite, inputs=(true, pred))
+        write_json(json_out, _with_record(result), overwrite=overwrite, inputs=inputs)
         typer.echo(f"wrote {json_out}")
     if csv_out is not None:
-        write_csv(csv_out, result["per_image"], overwrite=overwrite, inputs=(true, pred))
+        write_csv(csv_out, result["per_image"], overwrite=overwrite, inputs=inputs)
         typer.echo(f"wrote {csv_out}")
 
 
@@ -99,7 +107,7 @@ def semantic(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Dice and IoU per class and mean, for semantic class maps."""
-    from pathgen.metrics.report import evaluate_semantic, write_csv, write_json
+    from pathgen.metrics.report import evaluate_semantic
 
     _check_outputs((true, pred), overwrite, json_out, csv_out)
     result = evaluate_semantic(true, pred, n_classes=n_classes, include_background=include_background, eps=eps,
@@ -107,12 +115,7 @@ def semantic(
     bg = "with" if include_background else "without"
     typer.echo(f"{result['n_images']} maps, classes {result['classes']} ({bg} background, {average.value})")
     typer.echo(f"dice {_fmt(result['dice'])}  iou {_fmt(result['iou'])}")
-    if json_out is not None:
-        write_json(json_out, _with_record(result), overwrite=overwrite, inputs=(true, pred))
-        typer.echo(f"wrote {json_out}")
-    if csv_out is not None:
-        write_csv(csv_out, result["per_image"], overwrite=overwrite, inputs=(true, pred))
-        typer.echo(f"wrote {csv_out}")
+    _write_outputs(result, json_out, csv_out, overwrite, (true, pred))
 
 
 @eval_app.command("fid")

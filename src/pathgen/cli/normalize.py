@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pathgen.cli.options import SCHEDULER, THREADS, WORKERS
+from pathgen.cli.options import NO_RESUME, SCHEDULER, THREADS, WORKERS
 
 
 def _is_slide(path: str | Path) -> bool:
@@ -60,8 +60,7 @@ def normalize(
                                                                   "transform is pointwise; 32 with --per-tile)."),
     resume: bool = typer.Option(False, "--resume", help="Batch runs: skip inputs whose output already exists "
                                                         "(outputs are only ever complete files)."),
-    no_resume: bool = typer.Option(False, "--no-resume", help="Start interrupted slide jobs over instead of going "
-                                                              "on from their last finished tiles."),
+    no_resume: bool = NO_RESUME,
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
     threads: Optional[int] = THREADS,

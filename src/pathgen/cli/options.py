@@ -13,6 +13,8 @@ SCHEDULER = typer.Option(None, "--scheduler", help="Address of an existing dask.
 DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda[:N].")
 BATCH = typer.Option(8, "--batch-size", help="Tiles per call of the tile function.")
 THREADS = typer.Option(None, "--threads", help="Threads of the default local pool (default: CPU count).")
+NO_RESUME = typer.Option(False, "--no-resume", help="Start an interrupted slide job over instead of going on from "
+                                                    "its last finished tiles.")
 
 
 def engine_config(workers: Optional[int] = None, scheduler: Optional[str] = None, device: str = "auto",

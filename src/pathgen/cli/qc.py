@@ -53,14 +53,19 @@ def _run(a: Path, b: Path, metric: str, as_json: bool, out: Optional[Path], over
     _emit(compare_images(a, b, metric, **options), as_json, out, overwrite, (a, b), metric)
 
 
+AS_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+OUT = typer.Option(None, "--out", help="Also write the JSON result to this file.")
+OVERWRITE_OUT = typer.Option(False, "--overwrite", help="Replace an existing --out file.")
+
+
 @qc_app.command("ssim")
 def ssim(
     a: Path = typer.Argument(..., help=A_HELP),
     b: Path = typer.Argument(..., help=B_HELP),
     rgb: bool = typer.Option(False, "--rgb", help="SSIM per colour channel instead of SAASN's grayscale SSIM."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    as_json: bool = AS_JSON,
+    out: Optional[Path] = OUT,
+    overwrite: bool = OVERWRITE_OUT,
 ) -> None:
     """SSIM (grayscale 0.299R+0.587G+0.114B, 11x11 Gaussian σ 1.5, as SAASN); mean ± std over pairs."""
     _run(a, b, "ssim", as_json, out, overwrite, rgb=rgb)
@@ -71,9 +76,9 @@ def dice(
     a: Path = typer.Argument(..., help="Mask file, or folder of masks."),
     b: Path = typer.Argument(..., help="Mask file, or folder (paired with A by file name)."),
     eps: float = typer.Option(0.0, "--eps", help="Smoothing; > 0 makes two empty masks score 1."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    as_json: bool = AS_JSON,
+    out: Optional[Path] = OUT,
+    overwrite: bool = OVERWRITE_OUT,
 ) -> None:
     """Dice of binary masks (any non-zero pixel is foreground); mean ± std over pairs."""
     _run(a, b, "dice", as_json, out, overwrite, eps=eps)
@@ -83,9 +88,9 @@ def dice(
 def psnr(
     a: Path = typer.Argument(..., help=A_HELP),
     b: Path = typer.Argument(..., help=B_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    as_json: bool = AS_JSON,
+    out: Optional[Path] = OUT,
+    overwrite: bool = OVERWRITE_OUT,
 ) -> None:
     """PSNR in dB (images scaled to [0, 1]); identical images give infinity (null in JSON)."""
     _run(a, b, "psnr", as_json, out, overwrite)

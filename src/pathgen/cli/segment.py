@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pathgen.cli.options import DEVICE, SCHEDULER, THREADS, WORKERS
+from pathgen.cli.options import DEVICE, NO_RESUME, SCHEDULER, THREADS, WORKERS
 
 
 def segment(
@@ -26,8 +26,7 @@ def segment(
                                          "of the slide's 99th percentile (default: the checkpoint's, 0.25; 0 = off)."),
     no_skip: bool = typer.Option(False, "--no-skip", help="Also process tiles without detected tissue."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results in the folder."),
-    no_resume: bool = typer.Option(False, "--no-resume", help="Start an interrupted run over instead of going on "
-                                                              "from its last finished tiles."),
+    no_resume: bool = NO_RESUME,
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
     threads: Optional[int] = THREADS,

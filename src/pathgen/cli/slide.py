@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from pathgen.cli.options import BATCH, SCHEDULER, THREADS, WORKERS, engine_config
+from pathgen.cli.options import BATCH, NO_RESUME, SCHEDULER, THREADS, WORKERS, engine_config
 
 # Typer option declarations shared by the commands of this module.
 OUTPUT = typer.Option(..., "-o", "--output", help="Output path.")
@@ -55,7 +55,7 @@ def convert(
     target_mpp: Optional[float] = typer.Option(None, "--target-mpp", help="Resample to this µm/px instead."),
     mpp: Optional[float] = MPP,
     overwrite: bool = OVERWRITE,
-    no_resume: bool = typer.Option(False, "--no-resume", help="Start an interrupted conversion over."),
+    no_resume: bool = NO_RESUME,
     workers: Optional[int] = WORKERS,
     scheduler: Optional[str] = SCHEDULER,
     threads: Optional[int] = THREADS,

@@ -347,17 +347,23 @@ def read_tissue_types(path: str | os.PathLike, names: list[str]) -> list[str]:
     return [mapping[n] for n in names]
 
 
-def image_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """Two image files, or two folders paired by stem."""
+def file_pairs(a: str | os.PathLike, b: str | os.PathLike,
+               extensions: tuple[str, ...] = FOLDER_LABEL_EXTENSIONS) -> list[tuple[str, Path, Path]]:
+    """``[(stem, a, b)]`` for two files, or the files of two folders paired by stem (:func:`pair_files`)."""
     pa, pb = Path(a), Path(b)
     for q in (pa, pb):
         if not q.exists():
             raise PathgenError("no such file or folder", q)
     if pa.is_dir() != pb.is_dir():
-        raise PathgenError("give two image files or two folders", pb)
+        raise PathgenError("give two files or two folders", pb)
     if pa.is_dir():
-        return pair_files(pa, pb, IMAGE_EXTENSIONS + (".npy",))
+        return pair_files(pa, pb, extensions)
     return [(pa.stem, pa, pb)]
+
+
+def image_pairs(a: str | os.PathLike, b: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """Two image files, or two folders of images paired by stem."""
+    return file_pairs(a, b, IMAGE_EXTENSIONS + (".npy",))
 
 
 @dataclass

@@ -204,18 +204,11 @@ def evaluate_semantic(true_path: str | os.PathLike, pred_path: str | os.PathLike
 
     ``n_classes`` defaults to the largest class value found plus one (at least 2).
     """
-    from pathgen.io.labels import pair_files
+    from pathgen.io.labels import file_pairs
     from pathgen.metrics.semantic import semantic_scores
 
-    t, p = Path(true_path), Path(pred_path)
-    for q in (t, p):
-        if not q.exists():
-            raise PathgenError("no such file or folder", q)
-    if t.is_dir() != p.is_dir():
-        raise PathgenError("the true and predicted labels must both be files or both be folders", p)
-    file_pairs = pair_files(t, p) if t.is_dir() else [(t.stem, t, p)]
     names, t_maps, p_maps = [], [], []
-    for _, tf, pf in file_pairs:
+    for _, tf, pf in file_pairs(true_path, pred_path):
         tm, pm = _class_maps(Path(tf)), _class_maps(Path(pf))
         if len(tm) != len(pm):
             raise PathgenError(f"{len(tm)} maps in {Path(tf).name} but {len(pm)} here", pf)

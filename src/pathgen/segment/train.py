@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from pathgen.errors import PathgenError
-from pathgen.io.atomic import atomic_path, write_text
+from pathgen.io.atomic import write_text
 from pathgen.io.checkpoint import WEIGHTS_NAME, load_optimizer, load_tensors, optimizer_tensors, save_tensors
 from pathgen.segment.checkpoint import load_model, read_checkpoint_config, save_checkpoint
 from pathgen.segment.data import (AugmentConfig, NucleiSample, Subset, count_types, open_nuclei_dataset,
