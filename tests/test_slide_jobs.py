@@ -89,9 +89,11 @@ def test_a_library_error_is_named_with_the_commands_own_flag(slide_1024, tmp_pat
     assert "(--device)" in capsys.readouterr().err
 
 
-def test_saasn_on_a_local_cluster_of_processes(slide_1024, tmp_path):
+@pytest.mark.parametrize("mode", ["stain-map", "generator"])
+def test_saasn_on_a_local_cluster_of_processes(slide_1024, tmp_path, mode):
+    """The tile function travels to worker processes (the generator is loaded there from its checkpoint)."""
     out = Path(tmp_path) / "w.tiff"
-    assert main(["normalize", str(slide_1024), "-o", str(out), "--method", "saasn", "--workers", "2",
-                 "--quiet"]) == 0
+    assert main(["normalize", str(slide_1024), "-o", str(out), "--method", "saasn", "--saasn-mode", mode,
+                 "--workers", "2", "--quiet"]) == 0
     record = json.loads(Path(f"{out}.json").read_text())
     assert record["config"]["engine"]["workers"] == 2 and record["processed"] == record["windows"]

@@ -73,6 +73,7 @@ class SaasnNormalizer:
 
         self.device = torch.device(resolve_device(device))
         self.checkpoint = str(checkpoint)
+        self.direction = direction
         self.generator, self.info = load_generator(checkpoint, direction, self.device)
         self.multiple = self.generator.config.multiple
         self.max_batch = max(1, int(max_batch))
@@ -83,6 +84,22 @@ class SaasnNormalizer:
         self._lock = threading.Lock()
         self.windows_run = 0
         self.windows_glass = 0
+
+    def __getstate__(self):
+        # What a dask worker process receives: the checkpoint's path, not the network (loaded there on first use)
+        state = dict(self.__dict__)
+        state.update(generator=None, _lock=None, _glass_cache={})
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _network(self):
+        with self._lock:
+            if self.generator is None:
+                self.generator, _ = load_generator(self.checkpoint, self.direction, self.device)
+            return self.generator
 
     def inference_defaults(self) -> tuple[str, float]:
         """``(mode, strength)`` stored with the model (``config.json`` ``inference``), else ``("generator", 1)``."""
@@ -119,7 +136,7 @@ class SaasnNormalizer:
         if ph or pw:
             mode = "reflect" if (ph < h and pw < w) else "replicate"
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode=mode)
-        y = self.generator(x)
+        y = self._network()(x)
         return y[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
